@@ -1,0 +1,148 @@
+"""Target presets: the one place that says what each supported device is.
+
+A preset names a TVM target (as the JSON dict TVM 0.27 wants), the fp32 vector width
+the pruner aligns to and the kernels vectorize by, and the thread count. This module
+must stay importable without TVM (the torch pruning helper reads vector widths from
+it); only :meth:`TargetPreset.tvm_target` imports TVM.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TargetPreset", "get_preset", "preset_names"]
+
+
+@dataclass(frozen=True)
+class TargetPreset:
+    """A named device: TVM target dict, vector width (fp32 lanes), threads, RPC key."""
+
+    name: str
+    target: dict[str, Any]
+    vector_width: int
+    threads: int
+    family: str  # schedule family in topi_sparse: "x86", "arm_cpu", "mali", "cuda"
+    description: str
+    host: dict[str, Any] | None = None
+    rpc_key: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def tvm_target(self):
+        """The ``tvm.target.Target`` for this preset (imports TVM)."""
+        import tvm
+
+        if self.host is None:
+            return tvm.target.Target(self.target)
+        return tvm.target.Target(self.target, host=self.host)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _host_vector_width(flags: set[str]) -> int:
+    # fp32 lanes of the widest FMA-capable vector register the ISA gives us.
+    if "avx512f" in flags:
+        return 16
+    if "avx2" in flags or "avx" in flags:
+        return 8
+    return 4  # SSE / NEON
+
+
+def _host_cpu_name() -> str:
+    try:
+        import tvm
+
+        return str(tvm.target.codegen.llvm_get_system_cpu())
+    except Exception:  # TVM missing or built without LLVM: a generic CPU still works
+        return "generic"
+
+
+@functools.lru_cache(maxsize=None)
+def _host_preset() -> TargetPreset:
+    flags = _cpu_flags()
+    width = _host_vector_width(flags)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    mcpu = _host_cpu_name()
+    target: dict[str, Any] = {"kind": "llvm", "num-cores": threads}
+    if mcpu != "generic":
+        target["mcpu"] = mcpu
+    isa = {16: "AVX-512", 8: "AVX2", 4: "128-bit SIMD"}[width]
+    return TargetPreset(
+        name="host",
+        target=target,
+        vector_width=width,
+        threads=threads,
+        family="x86",
+        description=f"this machine's CPU ({mcpu}, {isa}, {threads} threads)",
+    )
+
+
+_HIKEY970_CPU = TargetPreset(
+    name="hikey970-cpu",
+    target={
+        "kind": "llvm",
+        "mtriple": "aarch64-linux-gnu",
+        "mcpu": "cortex-a73",
+        "mattr": ["+neon"],
+        "num-cores": 4,
+    },
+    vector_width=4,
+    threads=4,
+    family="arm_cpu",
+    description="HiKey970 big cluster: 4x Cortex-A73, NEON fp32x4",
+    rpc_key="hikey970",
+    extra={"cross_compiler": "aarch64-linux-gnu-gcc"},
+)
+
+_HIKEY970_MALI = TargetPreset(
+    name="hikey970-mali",
+    target={"kind": "opencl", "device": "mali", "max_num_threads": 256},
+    vector_width=4,
+    threads=1,
+    family="mali",
+    description="HiKey970 Mali-G72 MP12 via OpenCL, float4 vectors",
+    host={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
+    rpc_key="hikey970",
+)
+
+_CUDA = TargetPreset(
+    name="cuda",
+    target={"kind": "cuda"},
+    vector_width=4,
+    threads=1,
+    family="cuda",
+    description="NVIDIA GPU via CUDA (float4 loads)",
+    host={"kind": "llvm"},
+)
+
+_STATIC = {p.name: p for p in (_HIKEY970_CPU, _HIKEY970_MALI, _CUDA)}
+
+
+def preset_names() -> list[str]:
+    """Names accepted by :func:`get_preset` (and every ``target=`` argument)."""
+    return ["host", *_STATIC]
+
+
+def get_preset(target: "str | TargetPreset") -> TargetPreset:
+    """Look a preset up by name; a preset passes through unchanged."""
+    if isinstance(target, TargetPreset):
+        return target
+    if target == "host":
+        return _host_preset()
+    try:
+        return _STATIC[target]
+    except KeyError:
+        raise ValueError(
+            f"unknown target preset {target!r}; known presets: {', '.join(preset_names())}"
+        ) from None
