@@ -1,0 +1,148 @@
+"""TE compute of the pattern-sparse conv2d (NCHW in, NCHW out): *what* is computed.
+
+Operands (built at compile time from the packed weight, see :func:`kernel_operands`):
+
+* ``values  [G, E, V]``  the weights of ``V`` filters (one vector) for each of the
+  ``E`` (kept kernel, kept tap) entries of filter group ``g``, in read order;
+  groups with fewer entries are padded with zero rows so every group has ``E``.
+* ``offsets [G, E]``  int32 offset of each entry's input row in the zero-padded input
+  flattened as ``[C * Hp * Wp]``: ``(channel * Hp + ky) * Wp + kx``. One scalar load per
+  entry serves all ``V`` lanes and all output columns of a register tile: lanes share
+  structure, so there are no per-lane indices.
+* ``bias [O]`` (optional), fused with an optional ReLU into the write-out.
+
+Stages::
+
+    pad[n, i]               zero-padded input, flattened per image
+    acc[n, g, oh, ow, v]    = sum_e values[g, e, v] * pad[n, offsets[g, e] + oh*s*Wp + ow*s]
+    out[n, o, oh, ow]       = act(acc[n, o // V, oh, ow, o % V] + bias[o])
+
+``acc`` is computed over ``OWp >= OW`` columns (a multiple of the register tile width)
+so that every tile is full; the padded input is wide enough that the extra columns read
+zeros, and ``out`` drops them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+
+__all__ = ["PatternConvShape", "pattern_conv2d_nchw", "kernel_operands"]
+
+
+@dataclass(frozen=True)
+class PatternConvShape:
+    """Everything the compute needs to know about one layer (all static)."""
+
+    batch: int
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: int
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    lanes: int
+    entries: int  # E: entries per group after padding to the largest group
+
+    @property
+    def groups(self) -> int:
+        return -(-self.out_channels // self.lanes)
+
+    @property
+    def out_height(self) -> int:
+        top, _, bottom, _ = self.padding
+        return (self.height + top + bottom - self.kernel[0]) // self.stride + 1
+
+    @property
+    def out_width(self) -> int:
+        _, left, _, right = self.padding
+        return (self.width + left + right - self.kernel[1]) // self.stride + 1
+
+    def padded_width(self, tile_w: int) -> int:
+        """Columns of the padded input row: enough for ``acc``'s padded output columns."""
+        ow_padded = -(-self.out_width // tile_w) * tile_w
+        _, left, _, right = self.padding
+        return max((ow_padded - 1) * self.stride + self.kernel[1], self.width + left + right)
+
+    def padded_height(self) -> int:
+        top, _, bottom, _ = self.padding
+        return self.height + top + bottom
+
+
+def kernel_operands(
+    row_ptr: np.ndarray,
+    row_channel: np.ndarray,
+    row_tap: np.ndarray,
+    values: np.ndarray,
+    kernel_w: int,
+    padded_h: int,
+    padded_w: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a packed weight's rows into the kernel's ``values [G,E,V]`` and ``offsets [G,E]``.
+
+    Groups shorter than the longest are padded with zero-weight rows at offset 0
+    (valid memory, no effect): the compute needs one static E per layer.
+    """
+    groups = len(row_ptr) - 1
+    lanes = values.shape[1]
+    counts = np.diff(row_ptr)
+    entries = max(int(counts.max()) if groups else 0, 1)
+    ky, kx = np.divmod(row_tap, kernel_w)
+    row_offset = (row_channel.astype(np.int64) * padded_h + ky) * padded_w + kx
+    if row_offset.size and row_offset.max() >= np.iinfo(np.int32).max:
+        raise ValueError("input too large for int32 offsets")
+    packed_values = np.zeros((groups, entries, lanes), dtype=np.float32)
+    packed_offsets = np.zeros((groups, entries), dtype=np.int32)
+    for g in range(groups):
+        lo, hi = int(row_ptr[g]), int(row_ptr[g + 1])
+        packed_values[g, : hi - lo] = values[lo:hi]
+        packed_offsets[g, : hi - lo] = row_offset[lo:hi]
+    return packed_values, packed_offsets
+
+
+def pattern_conv2d_nchw(
+    shape: PatternConvShape, tile_w: int, with_bias: bool, relu: bool
+) -> list[te.Tensor]:
+    """Declare the pattern-sparse conv2d; returns ``[data, values, offsets, (bias,) out]``."""
+    n_, c_, h_, w_ = shape.batch, shape.in_channels, shape.height, shape.width
+    v_, g_, e_ = shape.lanes, shape.groups, shape.entries
+    top, left, _, _ = shape.padding
+    s = shape.stride
+    hp, wp = shape.padded_height(), shape.padded_width(tile_w)
+    oh_, ow_ = shape.out_height, shape.out_width
+    owp = -(-ow_ // tile_w) * tile_w
+    # wp covers acc's padded columns, so every read stays inside [0, C * Hp * Wp).
+    flat = c_ * hp * wp
+
+    data = te.placeholder((n_, c_, h_, w_), "float32", name="data")
+    values = te.placeholder((g_, e_, v_), "float32", name="values")
+    offsets = te.placeholder((g_, e_), "int32", name="offsets")
+
+    def pad_value(n, i):
+        row, x = i // wp, i % wp
+        c, y = row // hp, row % hp
+        inside = tirx.all(y >= top, y < h_ + top, x >= left, x < w_ + left)
+        return tirx.if_then_else(inside, data[n, c, y - top, x - left], tirx.const(0.0, "float32"))
+
+    pad = te.compute((n_, flat), pad_value, name="pad")
+    e = te.reduce_axis((0, e_), name="e")
+    acc = te.compute(
+        (n_, g_, oh_, owp, v_),
+        lambda n, g, oh, ow, v: te.sum(
+            values[g, e, v] * pad[n, offsets[g, e] + oh * (s * wp) + ow * s], axis=e
+        ),
+        name="acc",
+    )
+    bias = te.placeholder((shape.out_channels,), "float32", name="bias") if with_bias else None
+
+    def epilogue(n, o, oh, ow):
+        y = acc[n, o // v_, oh, ow, o % v_]
+        if bias is not None:
+            y = y + bias[o]
+        return tirx.max(y, tirx.const(0.0, "float32")) if relu else y
+
+    out = te.compute((n_, shape.out_channels, oh_, ow_), epilogue, name="out")
+    return [data, values, offsets, *([bias] if bias is not None else []), out]
