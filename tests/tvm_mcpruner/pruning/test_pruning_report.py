@@ -1,0 +1,97 @@
+"""The report: entries per conv, counts from the sparse format, table and JSON."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from tvm_mcpruner.pruning import PruneReport, prune
+from tvm_mcpruner.pruning.patterns import candidate_patterns, draw_patterns, select_library
+from tvm_mcpruner.sparse_format import pack_pattern_weights
+
+
+def build_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 20, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(20, 20, 3, padding=1, groups=20),
+        nn.Conv2d(20, 32, 1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1),
+    )
+
+
+def test_candidates():
+    assert [len(candidate_patterns(k)) for k in range(1, 10)] == [1, 8, 28, 56, 70, 56, 28, 8, 1]
+    assert candidate_patterns(4)[:, 4].all() and (candidate_patterns(4).sum(1) == 4).all()
+
+
+def test_library_is_most_voted():
+    # 3 kernels prefer the top row, 1 the bottom row: top row first, bottom row second.
+    energy = torch.full((4, 9), 0.01)
+    energy[:3, [0, 1, 2]] = 1.0
+    energy[3, [6, 7, 8]] = 1.0
+    library = select_library([energy], 4, 2)
+    assert library[0].nonzero().flatten().tolist() == [0, 1, 2, 4]
+    assert library[1].nonzero().flatten().tolist() == [4, 6, 7, 8]
+    assert len(select_library([energy], 4, 500)) == 56  # C(8, 3): all candidates
+    assert len(select_library([], 4, 8)) == 0
+
+
+def test_entries_reasons_and_format_counts():
+    pruned, report = prune(build_model(), target="hikey970-cpu")
+    assert [layer.name for layer in report.layers] == ["0", "2", "4", "5", "7"]
+    by_name = {layer.name: layer for layer in report.layers}
+    assert by_name["0"].reason == "in_channels=3 < min_in_channels=4 (stem) left dense"
+    assert by_name["4"].reason == "groups=20 (depthwise) left dense"
+    assert by_name["5"].reason == "kernel 1x1: pattern pruning applies to 3x3"
+    for name in ("2", "7"):
+        layer = by_name[name]
+        packed = pack_pattern_weights(pruned.get_submodule(name).weight.detach().numpy(), 4)
+        assert layer.pruned and layer.mac_reduction == packed.mac_reduction == 9 / 4 * 2
+        assert layer.kept_kernels * 2 == layer.total_kernels
+        assert layer.fill == 1.0 and set(layer.patterns_used) <= set(range(len(report.library)))
+    assert not by_name["0"].pruned and by_name["0"].mac_reduction == 1.0
+    assert sum(report.library_usage) == sum(layer.stored_kernels for layer in report.pruned_layers)
+    dense = sum(layer.dense_macs_per_pixel for layer in report.layers)
+    assert report.dense_macs == dense and report.mac_reduction > 1.0
+
+
+def test_per_image_macs_with_example_input():
+    model = build_model().train()
+    _, report = prune(model, target="hikey970-cpu", example_input=torch.randn(1, 3, 8, 8))
+    pixels = {layer.name: layer.output_pixels for layer in report.layers}
+    assert pixels == {"0": 64, "2": 64, "4": 64, "5": 64, "7": 16}
+    assert report.macs_basis.startswith("per image")
+    assert report.dense_macs == sum(layer.dense_macs_per_pixel * pixels[layer.name] for layer in report.layers)
+    assert model.training, "the example forward pass restores training mode"
+
+
+def test_str_and_json():
+    _, report = prune(build_model(), target="host", num_patterns=3)
+    text = str(report)
+    assert "V=16" in text and "total conv MACs" in text and "reduction" in text
+    assert "groups=20 (depthwise) left dense" in text and "last group 4 of 16 lanes" in text
+    assert text.count("p0") == 1 and "#" in text
+    header = next(line for line in text.splitlines() if line.startswith("layer"))
+    assert header.index("shape") < header.index("patterns") < header.index("kept kernels") < header.index("MAC red.")
+    data = json.loads(json.dumps(report.to_dict()))
+    assert len(data["layers"]) == 5 and len(data["library"]) == 3
+    assert data["mac_reduction"] == report.mac_reduction
+    assert isinstance(report, PruneReport)
+
+
+def test_drawing():
+    lines = draw_patterns(candidate_patterns(4)[:2])
+    # Candidates in lexicographic order: {0,1,2}+centre, then {0,1,3}+centre.
+    assert lines == ["  p0    p1", "  ###   ##.", "  .#.   ##.", "  ...   ..."]
+    assert draw_patterns(candidate_patterns(4)[:0])[0].strip().startswith("(empty")
+
+
+def test_model_without_eligible_convs():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU())
+    pruned, report = prune(model)
+    assert not report.pruned_layers and report.library == () and report.mac_reduction == 1.0
+    assert "empty" in str(report)

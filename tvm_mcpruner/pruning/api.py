@@ -1,0 +1,143 @@
+"""``prune``: pattern + connectivity pruning of a torch CNN, aligned to a target's vector width."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..targets import TargetPreset, get_preset
+from .masks import aligned_pattern_mask, apply_mask, deepcopy_model, group_energy, kept_kernel_count
+from .patterns import select_library
+from .report import LayerReport, PruneReport, dense_layer_report, pruned_layer_report
+
+__all__ = ["prune"]
+
+ExampleInput = torch.Tensor | Sequence[torch.Tensor]
+
+
+def _check_args(
+    model: nn.Module, target: str | TargetPreset, pattern_k: int, keep_kernels: float,
+    num_patterns: int, min_in_channels: int,
+) -> TargetPreset:
+    """Fail early with a message naming the bad argument (the preset lookup names unknown targets)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(pattern_k, bool) or not isinstance(pattern_k, int) or not 1 <= pattern_k <= 9:
+        raise ValueError(f"pattern_k must be an int in 1..9 (taps kept of a 3x3 kernel), got {pattern_k!r}")
+    if isinstance(keep_kernels, bool) or not isinstance(keep_kernels, (int, float)) or not 0 < keep_kernels <= 1:
+        raise ValueError(f"keep_kernels must be a fraction in (0, 1], got {keep_kernels!r}")
+    if isinstance(num_patterns, bool) or not isinstance(num_patterns, int) or num_patterns < 1:
+        raise ValueError(f"num_patterns must be an int >= 1, got {num_patterns!r}")
+    if isinstance(min_in_channels, bool) or not isinstance(min_in_channels, int) or min_in_channels < 1:
+        raise ValueError(f"min_in_channels must be an int >= 1, got {min_in_channels!r}")
+    return get_preset(target)
+
+
+def dense_reason(conv: nn.Conv2d, min_in_channels: int) -> str | None:
+    """Why ``conv`` is left dense, or None when it gets pattern pruning."""
+    kh, kw = conv.kernel_size
+    if (kh, kw) != (3, 3):
+        return f"kernel {kh}x{kw}: pattern pruning applies to 3x3"
+    if conv.groups != 1:
+        kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
+        return f"groups={conv.groups} ({kind}) left dense"
+    if conv.in_channels < min_in_channels:
+        return f"in_channels={conv.in_channels} < min_in_channels={min_in_channels} (stem) left dense"
+    return None
+
+
+def conv_output_pixels(model: nn.Module, convs: dict[str, nn.Conv2d], example_input: ExampleInput) -> dict[str, int]:
+    """Output pixels per image of each conv (summed over calls) from one eval-mode forward pass.
+
+    Eval mode and no_grad so batch-norm running statistics are not disturbed; every
+    module's training flag is restored afterwards.
+    """
+    pixels: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+            pixels[name] = pixels.get(name, 0) + int(out.shape[-2] * out.shape[-1])
+        return hook
+
+    handles = [conv.register_forward_hook(record(name)) for name, conv in convs.items()]
+    modes = {module: module.training for module in model.modules()}
+    inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return pixels
+
+
+def prune(
+    model: nn.Module,
+    target: str | TargetPreset = "host",
+    pattern_k: int = 4,
+    keep_kernels: float = 0.5,
+    num_patterns: int = 8,
+    *,
+    inplace: bool = False,
+    min_in_channels: int = 4,
+    example_input: ExampleInput | None = None,
+) -> tuple[nn.Module, PruneReport]:
+    """Pattern- and connectivity-prune every eligible 3x3 conv, aligned to the target's vector width.
+
+    Eligible: ``nn.Conv2d`` with a 3x3 kernel, ``groups == 1`` and
+    ``in_channels >= min_in_channels``; the rest stay dense and are listed in the report
+    with the reason. One pattern library of ``num_patterns`` ``pattern_k``-tap patterns
+    is chosen for the whole model (see :mod:`.patterns`); each group of V consecutive
+    filters (V = preset vector width) shares kept channels and patterns, and keeps
+    ``max(1, round(keep_kernels * C))`` input channels (see :mod:`.masks`).
+
+    Masks stay applied as ``torch.nn.utils.prune`` reparametrizations (fine-tune freely;
+    :func:`~.masks.bake` before export). With ``inplace=False`` the model is deep-copied
+    first. ``example_input`` (optional) makes the report count MACs per image instead
+    of per output pixel.
+    """
+    preset = _check_args(model, target, pattern_k, keep_kernels, num_patterns, min_in_channels)
+    if not inplace:
+        model = deepcopy_model(model)
+    lanes = preset.vector_width
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    reasons = {name: dense_reason(conv, min_in_channels) for name, conv in convs.items()}
+    eligible = [name for name, reason in reasons.items() if reason is None]
+    library = select_library([group_energy(convs[n].weight, lanes) for n in eligible], pattern_k, num_patterns)
+
+    layers: list[LayerReport] = []
+    usage = torch.zeros(len(library), dtype=torch.int64)
+    for name, conv in convs.items():
+        if reasons[name] is not None:
+            layers.append(dense_layer_report(name, conv.weight, reasons[name]))
+            continue
+        mask, pattern_ids = aligned_pattern_mask(conv.weight, library, lanes, keep_kernels)
+        apply_mask(conv, "weight", mask)
+        usage += torch.bincount(pattern_ids[pattern_ids >= 0], minlength=len(library))
+        keep = kept_kernel_count(conv.in_channels, keep_kernels)
+        layers.append(pruned_layer_report(name, conv.weight, lanes, pattern_ids, keep))
+
+    report = PruneReport(
+        target=preset.name, vector_width=lanes, pattern_k=pattern_k, keep_kernels=float(keep_kernels),
+        num_patterns=num_patterns,
+        library=tuple(tuple(int(t) for t in row.nonzero().flatten().tolist()) for row in library),
+        layers=layers, library_usage=tuple(int(n) for n in usage.tolist()),
+    )
+    if example_input is not None:
+        _count_pixels(model, convs, example_input, report)
+    return model, report
+
+
+def _count_pixels(model: nn.Module, convs: dict[str, nn.Conv2d], example_input: ExampleInput, report: PruneReport) -> None:
+    pixels = conv_output_pixels(model, convs, example_input)
+    shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else None
+    report.macs_basis = "per image" + (f", input {'x'.join(map(str, shape))}" if shape else "")
+    for layer in report.layers:
+        layer.output_pixels = pixels.get(layer.name)
+        if layer.output_pixels is None:
+            layer.reason += ("; " if layer.reason else "") + "not run by example_input (0 MACs counted)"
