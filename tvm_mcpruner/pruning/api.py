@@ -108,7 +108,8 @@ def prune(
     convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     reasons = {name: dense_reason(conv, min_in_channels) for name, conv in convs.items()}
     eligible = [name for name, reason in reasons.items() if reason is None]
-    library = select_library([group_energy(convs[n].weight, lanes) for n in eligible], pattern_k, num_patterns)
+    energies = {name: group_energy(convs[name].weight, lanes) for name in eligible}
+    library = select_library(list(energies.values()), pattern_k, num_patterns)
 
     layers: list[LayerReport] = []
     usage = torch.zeros(len(library), dtype=torch.int64)
@@ -116,7 +117,7 @@ def prune(
         if reasons[name] is not None:
             layers.append(dense_layer_report(name, conv.weight, reasons[name]))
             continue
-        mask, pattern_ids = aligned_pattern_mask(conv.weight, library, lanes, keep_kernels)
+        mask, pattern_ids = aligned_pattern_mask(conv.weight, library, lanes, keep_kernels, energies[name])
         apply_mask(conv, "weight", mask)
         usage += torch.bincount(pattern_ids[pattern_ids >= 0], minlength=len(library))
         keep = kept_kernel_count(conv.in_channels, keep_kernels)

@@ -58,7 +58,8 @@ def group_energy(weight: torch.Tensor, lanes: int) -> torch.Tensor:
 
 
 def aligned_pattern_mask(
-    weight: torch.Tensor, library: torch.Tensor, lanes: int, keep_kernels: float
+    weight: torch.Tensor, library: torch.Tensor, lanes: int, keep_kernels: float,
+    energy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The aligned pattern + connectivity mask of one 3x3 conv weight.
 
@@ -67,11 +68,13 @@ def aligned_pattern_mask(
     under their chosen pattern survive (ties: lower channel index). Returns
     ``(mask, pattern_ids)``: ``mask`` has the weight's shape, dtype and device;
     ``pattern_ids`` is ``[G, C]`` int64, the library row per kept kernel, -1 where removed.
+    ``energy``: ``group_energy(weight, lanes)`` when the caller already has it.
     """
     o, c, kh, kw = weight.shape
     if kh * kw != library.shape[1]:
         raise ValueError(f"weight kernel {kh}x{kw} does not match pattern taps {library.shape[1]}")
-    energy = group_energy(weight, lanes)  # [G, C, 9]
+    if energy is None:
+        energy = group_energy(weight, lanes)  # [G, C, 9]
     scores = energy @ library.to(torch.float64).T  # [G, C, P]
     best = scores.argmax(dim=2)  # first maximum on ties: deterministic
     best_score = scores.gather(2, best.unsqueeze(2)).squeeze(2)
