@@ -34,9 +34,15 @@ class TargetPreset:
         """The ``tvm.target.Target`` for this preset (imports TVM)."""
         import tvm
 
+        target = dict(self.target)
+        if self.name == "host" and "mcpu" not in target:
+            # Asked of LLVM only here, so reading a preset never loads TVM.
+            mcpu = _host_cpu_name()
+            if mcpu != "generic":
+                target["mcpu"] = mcpu
         if self.host is None:
-            return tvm.target.Target(self.target)
-        return tvm.target.Target(self.target, host=self.host)
+            return tvm.target.Target(target)
+        return tvm.target.Target(target, host=self.host)
 
 
 def _cpu_flags() -> set[str]:
@@ -73,10 +79,7 @@ def _host_preset() -> TargetPreset:
     flags = _cpu_flags()
     width = _host_vector_width(flags)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    mcpu = _host_cpu_name()
-    target: dict[str, Any] = {"kind": "llvm", "num-cores": threads}
-    if mcpu != "generic":
-        target["mcpu"] = mcpu
+    target: dict[str, Any] = {"kind": "llvm", "num-cores": threads}  # mcpu: see tvm_target
     isa = {16: "AVX-512", 8: "AVX2", 4: "128-bit SIMD"}[width]
     return TargetPreset(
         name="host",
@@ -84,7 +87,7 @@ def _host_preset() -> TargetPreset:
         vector_width=width,
         threads=threads,
         family="x86",
-        description=f"this machine's CPU ({mcpu}, {isa}, {threads} threads)",
+        description=f"this machine's CPU ({isa}, {threads} threads)",
     )
 
 
