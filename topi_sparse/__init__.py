@@ -36,10 +36,13 @@ def pattern_conv2d_primfunc(
     family: str,
     *,
     with_bias: bool = False,
-    relu: bool = False,
+    clip: tuple[float | None, float | None] | None = None,
     knobs: PatternConvKnobs | None = None,
 ) -> tirx.PrimFunc:
-    """A scheduled PrimFunc ``(data, values, offsets[, bias], out)`` for one layer."""
+    """A scheduled PrimFunc ``(data, values, offsets[, bias], out)`` for one layer.
+
+    ``clip`` = (min, max), either None for no bound, fuses ReLU / ReLU6 into the write-out.
+    """
     if family not in _SCHEDULES:
         raise UnsupportedTargetError(
             f"no pattern_conv2d schedule for target family {family!r} "
@@ -48,7 +51,7 @@ def pattern_conv2d_primfunc(
     knobs = knobs or default_pattern_conv_knobs(shape.out_width, shape.lanes)
     if knobs.lanes != shape.lanes:
         raise ValueError(f"knobs.lanes={knobs.lanes} must equal the packed group size {shape.lanes}")
-    tensors = pattern_conv2d_nchw(shape, knobs.tile_w, with_bias, relu)
+    tensors = pattern_conv2d_nchw(shape, knobs.tile_w, with_bias, clip)
     func = te.create_prim_func(tensors)
     func = func.with_attr("mcpruner.padded_width", shape.padded_width(knobs.tile_w))
     return _SCHEDULES[family](func, knobs)

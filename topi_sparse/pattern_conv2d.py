@@ -9,13 +9,14 @@ Operands (built at compile time from the packed weight, see :func:`kernel_operan
   flattened as ``[C * Hp * Wp]``: ``(channel * Hp + ky) * Wp + kx``. One scalar load per
   entry serves all ``V`` lanes and all output columns of a register tile: lanes share
   structure, so there are no per-lane indices.
-* ``bias [O]`` (optional), fused with an optional ReLU into the write-out.
+* ``bias [O]`` (optional), fused with an optional clip (ReLU = clip(0, inf), ReLU6 =
+  clip(0, 6)) into the write-out.
 
 Stages::
 
     pad[n, i]               zero-padded input, flattened per image
     acc[n, g, oh, ow, v]    = sum_e values[g, e, v] * pad[n, offsets[g, e] + oh*s*Wp + ow*s]
-    out[n, o, oh, ow]       = act(acc[n, o // V, oh, ow, o % V] + bias[o])
+    out[n, o, oh, ow]       = clip(acc[n, o // V, oh, ow, o % V] + bias[o])
 
 ``acc`` is computed over ``OWp >= OW`` columns (a multiple of the register tile width)
 so that every tile is full; the padded input is wide enough that the extra columns read
@@ -104,7 +105,10 @@ def kernel_operands(
 
 
 def pattern_conv2d_nchw(
-    shape: PatternConvShape, tile_w: int, with_bias: bool, relu: bool
+    shape: PatternConvShape,
+    tile_w: int,
+    with_bias: bool,
+    clip: tuple[float | None, float | None] | None = None,
 ) -> list[te.Tensor]:
     """Declare the pattern-sparse conv2d; returns ``[data, values, offsets, (bias,) out]``."""
     n_, c_, h_, w_ = shape.batch, shape.in_channels, shape.height, shape.width
@@ -142,7 +146,12 @@ def pattern_conv2d_nchw(
         y = acc[n, o // v_, oh, ow, o % v_]
         if bias is not None:
             y = y + bias[o]
-        return tirx.max(y, tirx.const(0.0, "float32")) if relu else y
+        lo, hi = clip or (None, None)
+        if lo is not None:
+            y = tirx.max(y, tirx.const(lo, "float32"))
+        if hi is not None:
+            y = tirx.min(y, tirx.const(hi, "float32"))
+        return y
 
     out = te.compute((n_, shape.out_channels, oh_, ow_), epilogue, name="out")
     return [data, values, offsets, *([bias] if bias is not None else []), out]
