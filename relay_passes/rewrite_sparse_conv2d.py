@@ -20,6 +20,7 @@ __all__ = ["RewriteSparseConv2d", "SparseLayerRecord"]
 logger = logging.getLogger("tvm_mcpruner")
 
 _CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
+_OPAQUE = 8  # relax OpPatternKind::kOpaque
 
 
 @dataclass
@@ -257,7 +258,9 @@ class _Rewriter:
         prim = topi_sparse.pattern_conv2d_primfunc(
             shape, self.preset.family, with_bias=bias is not None, clip=clip, knobs=knobs
         )
-        prim = prim.without_attr("global_symbol")
+        # Opaque to FuseOps: fusing an epilogue would append it unscheduled (and drop
+        # tirx.is_scheduled); bias and activation are already fused here.
+        prim = prim.without_attr("global_symbol").with_attr("op_pattern", _OPAQUE)
         gvar = self.builder.add_func(prim, "pattern_conv2d")
         args = [data, relax.const(values), relax.const(offsets)]
         if bias is not None:

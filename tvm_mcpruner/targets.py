@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TargetPreset", "get_preset", "preset_names"]
+__all__ = ["TargetPreset", "get_preset", "preset_for_tvm_target", "preset_names"]
 
 
 @dataclass(frozen=True)
@@ -149,3 +149,21 @@ def get_preset(target: "str | TargetPreset") -> TargetPreset:
         raise ValueError(
             f"unknown target preset {target!r}; known presets: {', '.join(preset_names())}"
         ) from None
+
+
+def preset_for_tvm_target(target) -> TargetPreset:
+    """The preset whose schedule family and vector width fit a ``tvm.target.Target``.
+
+    Used where TVM hands us only a Target (``tvm.compile(..., relax_pipeline=
+    get_pipeline("mcpruner"))``): llvm for aarch64 is the HiKey970 CPU class, other llvm
+    is this host, opencl is Mali, cuda is CUDA.
+    """
+    kind = target.kind.name
+    if kind == "llvm":
+        triple = str(target.attrs.get("mtriple", ""))
+        return _HIKEY970_CPU if triple.startswith("aarch64") else _host_preset()
+    if kind == "opencl":
+        return _HIKEY970_MALI
+    if kind == "cuda":
+        return _CUDA
+    raise ValueError(f"no tvm-mcpruner preset for target kind {kind!r}")

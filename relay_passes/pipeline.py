@@ -1,0 +1,51 @@
+"""The ``"mcpruner"`` Relax pipeline: our rewrites, then the target's default lowering.
+
+Registered on import, so plain TVM users write::
+
+    import relay_passes  # or: import tvm_mcpruner
+    ex = tvm.compile(mod, target, relax_pipeline=tvm.relax.get_pipeline("mcpruner"))
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from tvm_mcpruner.targets import TargetPreset, get_preset, preset_for_tvm_target
+
+from .rewrite_sparse_conv2d import RewriteSparseConv2d
+
+__all__ = ["mcpruner_pipeline"]
+
+
+def mcpruner_pipeline(
+    target: "str | TargetPreset | None" = None,
+    min_mac_reduction: float = 1.25,
+    rewrite: RewriteSparseConv2d | None = None,
+) -> tvm.transform.Pass:
+    """Sparse rewrites + the default pipeline of the target ``tvm.compile`` builds for.
+
+    ``target`` picks the preset (vector width, schedule family); when None it is read
+    from the Target that ``tvm.compile`` enters. Pass ``rewrite`` to read its
+    ``records`` afterwards.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="mcpruner_pipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        tvm_target = tvm.target.Target.current(allow_none=True)
+        if tvm_target is None:
+            if target is None:
+                raise ValueError("the mcpruner pipeline needs a target: run it inside tvm.compile")
+            tvm_target = get_preset(target).tvm_target()
+        preset = get_preset(target) if target is not None else preset_for_tvm_target(tvm_target)
+        rewriter = rewrite or RewriteSparseConv2d(preset, min_mac_reduction=min_mac_reduction)
+        with tvm_target:
+            mod = relax.transform.FoldConstant()(mod)  # bias arrives as reshape(const)
+            mod = rewriter(mod)
+            return relax.get_default_pipeline(tvm_target)(mod)
+
+    return _pipeline
+
+
+if "mcpruner" not in relax.pipeline.PIPELINE_MAP:
+    relax.pipeline.register_pipeline("mcpruner")(mcpruner_pipeline)
