@@ -1,0 +1,426 @@
+"""Import (pruned) torch / ONNX models into Relax with every weight bound as a constant.
+
+Why constants: the sparse rewrite (``relay_passes``) recognises pattern / connectivity
+sparsity *from the weight values alone*, so every ``relax.nn.conv2d`` must see its
+weight as a ``Constant`` -- and that constant must be the weight the kernel will really
+use, i.e. with BatchNorm already folded in.  Folding multiplies each output filter by
+one per-channel scale, so a weight that was exactly zero stays exactly zero and the
+pruned structure survives the import unchanged.
+
+After import a conv + BN + ReLU reads::
+
+    lv = R.nn.conv2d(x, <const folded weight>, strides=..., padding=..., ...)
+    lv1 = R.add(lv, <const bias (1, C, 1, 1)>)
+    lv2 = R.nn.relu(lv1)
+
+Both paths bake ``torch.nn.utils.prune`` reparametrizations (``weight_orig`` x
+``weight_mask``) first, on a deep copy, so the caller's model is left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import tvm
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+from tvm import relax
+from tvm.ir import GenericConst, IRModule
+from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
+
+__all__ = [
+    "from_torch", "export_onnx", "from_onnx", "bake_pruning", "fold_batch_norm", "FoldConvBatchNorm",
+]
+
+_ONNX_OPSET = 17
+
+
+# --------------------------------------------------------------------------- torch side
+
+
+def bake_pruning(model: nn.Module) -> nn.Module:
+    """Make ``torch.nn.utils.prune`` masks permanent, in place; returns ``model``.
+
+    Exporters would otherwise trace ``weight_orig * weight_mask`` as a runtime multiply
+    (torch.export) or fold it only by chance (ONNX), and the importer would see a dense
+    weight.  ``prune.remove`` writes the masked tensor back as a plain parameter.  A
+    ``<name>_orig`` / ``<name>_mask`` pair left without its hook (e.g. restored from a
+    state dict by hand) is baked the same way.
+    """
+    for module in model.modules():
+        hooks = [h for h in module._forward_pre_hooks.values()
+                 if isinstance(h, torch_prune.BasePruningMethod)]
+        for hook in hooks:
+            torch_prune.remove(module, hook._tensor_name)
+        _bake_orphan_masks(module)
+    return model
+
+
+def _bake_orphan_masks(module: nn.Module) -> None:
+    """Replace a hook-less ``<name>_orig`` parameter + ``<name>_mask`` buffer by one parameter."""
+    for pname, orig in list(module.named_parameters(recurse=False)):
+        if not pname.endswith("_orig"):
+            continue
+        name = pname[: -len("_orig")]
+        mask = getattr(module, name + "_mask", None)
+        if mask is None:
+            continue
+        del module._parameters[pname]
+        del module._buffers[name + "_mask"]
+        if hasattr(module, name):
+            delattr(module, name)
+        module.register_parameter(name, nn.Parameter((orig * mask).detach()))
+
+
+def _prepare(model: nn.Module) -> nn.Module:
+    """Deep copy (never mutate the caller's model), bake masks, switch to eval mode."""
+    return bake_pruning(_deepcopy_module(model)).eval()
+
+
+def _deepcopy_module(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also works on pruned models.
+
+    ``prune`` leaves ``module.weight = weight_orig * weight_mask`` as a plain attribute,
+    a non-leaf tensor that refuses deep copying.  Those are derived values (the hook
+    recomputes them, ``prune.remove`` rebuilds them), so the copy gets detached clones.
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    """Accept a bare tensor as a convenience; exporters want a tuple."""
+    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+
+def from_torch(model: nn.Module, example_inputs: tuple) -> IRModule:
+    """Import a torch model through ``torch.export`` into Relax, BN folded into conv weights.
+
+    The returned module's ``main`` takes one tensor (named after ``forward``'s argument)
+    and returns one tensor; all parameters are ``Constant``s, no ``relax.nn.batch_norm``
+    is left, and constant subexpressions are folded.
+    """
+    from tvm.relax.frontend.torch import from_exported_program
+
+    model = _prepare(model)
+    inputs = _as_tuple(example_inputs)
+    with torch.no_grad():
+        program = torch.export.export(model, inputs)
+    mod = from_exported_program(
+        program, keep_params_as_input=False, unwrap_unit_return_tuple=True
+    )
+    return _finalize(mod)
+
+
+def export_onnx(model: nn.Module, example_inputs: tuple, path: str | Path) -> Path:
+    """Export to ONNX (TorchScript exporter, opset 17, static shapes); masks baked first.
+
+    The TorchScript exporter (``dynamo=False``) folds eval-mode BatchNorm into the conv
+    itself, which keeps pruned zeros at zero as the Relax folding does.  The input is
+    named after ``forward``'s first argument and the output ``output``.
+    """
+    model = _prepare(model)
+    inputs = _as_tuple(example_inputs)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter is chosen on purpose (see above): hush its deprecation
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            model, inputs, str(path), dynamo=False, opset_version=_ONNX_OPSET,
+            input_names=_input_names(model, len(inputs)), output_names=["output"],
+            do_constant_folding=True,
+        )
+    return path
+
+
+def _input_names(model: nn.Module, count: int) -> list[str]:
+    """``forward``'s parameter names, so both import paths name the input alike."""
+    params = [p.name for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) >= count:
+        return params[:count]
+    return [f"input{i}" for i in range(count)]
+
+
+# --------------------------------------------------------------------------- ONNX side
+
+
+def from_onnx(
+    path_or_model: str | Path | Any,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> IRModule:
+    """Import an ONNX model (path or ``onnx.ModelProto``) into Relax, weights as constants.
+
+    ``input_shapes`` pins graph inputs' shapes; it is required when the model declares
+    dynamic (symbolic or unknown) input dims, because the sparse kernels are generated
+    for static shapes.  Raises ``ValueError`` for a missing file, an invalid model, or
+    dynamic inputs without ``input_shapes``.
+    """
+    model = _load_onnx(path_or_model)
+    shapes = _resolve_input_shapes(model, input_shapes)
+    return _finalize(_import_onnx(model, shapes))
+
+
+def _load_onnx(path_or_model: str | Path | Any) -> Any:
+    """Load and check an ONNX model, turning every failure into a ValueError saying why."""
+    import onnx
+
+    if isinstance(path_or_model, onnx.ModelProto):
+        model = path_or_model
+        source = "the given ModelProto"
+    else:
+        path = Path(path_or_model)
+        if not path.exists():
+            raise ValueError(f"ONNX file not found: {path}")
+        if not path.is_file():
+            raise ValueError(f"not an ONNX file (a directory or special file): {path}")
+        source = str(path)
+        try:
+            model = onnx.load(source)
+        except Exception as err:  # protobuf DecodeError and friends
+            raise ValueError(f"{source} is not a valid ONNX model: {err}") from err
+    try:
+        # a path lets the checker handle models with external data (> 2 GB)
+        onnx.checker.check_model(model if source.startswith("the given") else source)
+    except Exception as err:  # onnx.checker.ValidationError
+        raise ValueError(f"{source} is not a valid ONNX model: {err}") from err
+    if len(model.graph.node) == 0:
+        raise ValueError(f"{source} is not a valid ONNX model: its graph has no nodes")
+    return model
+
+
+def _graph_inputs(model: Any) -> dict[str, list[int | str | None]]:
+    """Real graph inputs (initializers excluded) -> dims (int, symbol name, or None)."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs: dict[str, list[int | str | None]] = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims: list[int | str | None] = []
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                dims.append(int(dim.dim_value))
+            else:
+                dims.append(dim.dim_param or None)
+        inputs[value.name] = dims
+    return inputs
+
+
+def _resolve_input_shapes(
+    model: Any, input_shapes: Mapping[str, Sequence[int]] | None
+) -> dict[str, list[int]]:
+    """Static shape per graph input, from the model or ``input_shapes``; ValueError if unknown."""
+    inputs = _graph_inputs(model)
+    given = {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()}
+    unknown = sorted(set(given) - set(inputs))
+    if unknown:
+        raise ValueError(f"input_shapes names {unknown}, but the model's inputs are {sorted(inputs)}")
+    shapes: dict[str, list[int]] = {}
+    for name, dims in inputs.items():
+        if name in given:
+            shapes[name] = given[name]
+        elif all(isinstance(d, int) for d in dims):
+            shapes[name] = [int(d) for d in dims]  # type: ignore[arg-type]
+        else:
+            raise ValueError(
+                f"ONNX input {name!r} has dynamic dims {dims}; pass "
+                f"input_shapes={{{name!r}: [...]}} with a static shape"
+            )
+    return shapes
+
+
+def _import_onnx(model: Any, shapes: dict[str, list[int]]) -> IRModule:
+    """TVM's ``relax.frontend.onnx.from_onnx`` with :class:`_ClipAwareImporter` inside.
+
+    Mirrors that function's body (opset detection, then ``from_onnx`` on the graph),
+    parameters kept as constants (``keep_params_in_input=False``).
+    """
+    opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    importer = _clip_aware_importer_cls()(shapes, "float32", keep_params_in_input=False)
+    return importer.from_onnx(model.graph, opset)
+
+
+@functools.lru_cache(maxsize=None)
+def _clip_aware_importer_cls() -> type:
+    """Subclass of TVM's ONNX importer that imports constant-bound Clip as ``relax.clip``.
+
+    TVM 0.27 converts ``Clip`` into ``call_tir(topi.maximum/minimum)`` behind
+    ``where(isnan(bound))`` guards: opaque to Relax pattern matching (a sparse conv
+    rewrite cannot fuse a ReLU6 epilogue) and ~0.25 s of FoldConstant kernel builds per
+    Clip (9 s for MobileNetV2).  With constant non-NaN bounds ``relax.clip`` means the
+    same -- and is what ``from_torch`` produces, so both paths give the same Relax.
+    Built lazily so that importing this module does not import onnx.
+    """
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    class _ClipAwareImporter(ONNXGraphImporter):
+        def _convert_operator(self, op_name: str, inputs: list, attrs: dict, opset: int):
+            if op_name == "Clip" and opset >= 11:
+                bounds = [_scalar_bound(e) for e in (list(inputs[1:3]) + [None, None])[:2]]
+                if all(b is not None for b in bounds):
+                    lo, hi = (b if b is not False else d for b, d in zip(bounds, (-np.inf, np.inf)))
+                    return self.bb.normalize(relax.op.clip(inputs[0], _prim(lo), _prim(hi)))
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+
+    return _ClipAwareImporter
+
+
+def _scalar_bound(expr: Any) -> float | bool | None:
+    """A Clip bound: False when omitted, its value when a one-element non-NaN constant, else None."""
+    if expr is None:
+        return False
+    if not isinstance(expr, GenericConst):
+        return None
+    value = _const_np(expr)
+    if value.size != 1 or np.isnan(value).any():
+        return None
+    return float(value.reshape(-1)[0])
+
+
+def _prim(value: float) -> relax.Expr:
+    """A float64 PrimValue, as ``relax.clip`` takes its bounds (and as from_torch emits them)."""
+    return relax.prim_value(tvm.tirx.FloatImm("float64", value))
+
+
+# --------------------------------------------------------------------------- BN folding
+
+
+@relax.transform.function_pass(opt_level=0)
+class FoldConvBatchNorm:
+    """Fold ``batch_norm(conv2d(x, W) [+ b])[0]`` into ``conv2d(x, W * s) + b'``.
+
+    Matched: an inference ``relax.nn.batch_norm`` (NCHW, axis 1) whose input is a
+    ``relax.nn.conv2d`` (OIHW) with a constant weight, optionally followed by a constant
+    bias ``relax.add`` (how importers emit ``Conv2d(bias=True)``); all BN operands
+    constant.  Emitted: the conv with weight ``W * s[o]`` (``s = gamma / sqrt(var + eps)``)
+    as one new constant, then ``relax.add`` of a (1, C, 1, 1) constant bias
+    ``(b - mean) * s + beta``.  Computed in numpy (float64) so exact zeros in ``W`` stay
+    exact (+0.0) zeros.  TVM's ``FoldBatchnormToConv2D`` covers only the bias-free case
+    and ignores BN's ``center``/``scale`` flags, hence this pass.
+    """
+
+    def __init__(self) -> None:
+        self.weight = is_const()
+        self.conv = is_op("relax.nn.conv2d")(wildcard(), self.weight)
+        self.conv_bias = is_const()
+        self.biased = is_op("relax.add")(self.conv, self.conv_bias)
+        self.bn_args = [is_const() for _ in range(4)]  # gamma, beta, mean, var
+        self.bn = is_op("relax.nn.batch_norm")(self.conv | self.biased, *self.bn_args)
+        self.pattern = TupleGetItemPattern(self.bn, 0)
+
+    def transform_function(self, func: relax.Function, mod: IRModule, ctx: Any) -> relax.Function:
+        """Rewrite every matching conv(+bias)+BN in ``func``."""
+        return rewrite_call(self.pattern, self._rewrite, func)
+
+    def _rewrite(self, expr: relax.Expr, matches: dict) -> relax.Expr:
+        conv, bn = matches[self.conv], matches[self.bn]
+        if (conv.attrs["kernel_layout"] != "OIHW" or conv.attrs["out_layout"] != "NCHW"
+                or int(bn.attrs["axis"]) != 1 or bool(bn.attrs["training"])):
+            return expr
+        weight = _const_np(matches[self.weight])
+        channels = weight.shape[0]
+        gamma, beta, mean, var = (_const_np(matches[p]).astype(np.float64).reshape(-1)
+                                  for p in self.bn_args)
+        if not bn.attrs["scale"]:
+            gamma = np.ones(channels)
+        if not bn.attrs["center"]:
+            beta = np.zeros(channels)
+        scale = gamma / np.sqrt(var + float(bn.attrs["epsilon"]))
+        bias = np.zeros(channels)
+        if self.biased in matches:
+            bias = _const_np(matches[self.conv_bias]).astype(np.float64)
+            if bias.size != channels:
+                return expr
+            bias = bias.reshape(-1)
+        new_w = (weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)).astype(weight.dtype)
+        new_w += 0  # turn -0.0 (zero times a negative scale) into +0.0
+        new_b = ((bias - mean) * scale + beta).astype(weight.dtype).reshape(1, channels, 1, 1)
+        new_conv = relax.Call(conv.op, [conv.args[0], relax.const(new_w)], conv.attrs)
+        return relax.op.add(new_conv, relax.const(new_b))
+
+
+@relax.transform.function_pass(opt_level=0)
+class _FoldConstLayout:
+    """``reshape`` / ``permute_dims`` of a constant -> the rearranged constant, in numpy.
+
+    Importers wrap every conv bias in a reshape (ONNX) and every Linear weight in a
+    transpose (torch); FoldConstant would build and run one TIR kernel per such op
+    (~30 ms each, 1.7 s for MobileNetV2's biases) for what is a layout change.
+    """
+
+    def __init__(self) -> None:
+        self.data = is_const()
+        self.pattern = is_op("relax.reshape")(self.data, wildcard()) | is_op(
+            "relax.permute_dims"
+        )(self.data)
+
+    def transform_function(self, func: relax.Function, mod: IRModule, ctx: Any) -> relax.Function:
+        """Rewrite every reshape / transpose of a constant with a static result shape."""
+        return rewrite_call(self.pattern, self._rewrite, func)
+
+    def _rewrite(self, expr: relax.Expr, matches: dict) -> relax.Expr:
+        shape = getattr(expr.ty, "shape", None)
+        if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+            return expr
+        value = _const_np(matches[self.data])
+        if expr.op.same_as(tvm.ir.Op.get("relax.permute_dims")):
+            axes = expr.attrs["axes"]
+            value = np.transpose(value, None if axes is None else [int(a) for a in axes])
+        value = np.ascontiguousarray(value).reshape([int(d) for d in shape])
+        return relax.const(value)
+
+
+def _const_np(const: GenericConst) -> np.ndarray:
+    """Value of a Relax constant as numpy (0.27: ``GenericConst.value``, not ``.data``)."""
+    return const.value.numpy()
+
+
+def fold_batch_norm(mod: IRModule) -> IRModule:
+    """Fold conv-adjacent BN into conv weights; decompose any other BN into arithmetic.
+
+    BN that follows something other than a conv (rare in CNNs) cannot carry into a
+    weight; DecomposeOpsForInference turns it into constant multiply/add so that no
+    ``relax.nn.batch_norm`` remains either way.
+    """
+    mod = _FoldConstLayout()(mod)  # reshape(bias) -> constant, for matching
+    mod = relax.transform.FoldConstant()(mod)
+    mod = FoldConvBatchNorm()(mod)
+    if _has_op(mod, "relax.nn.batch_norm"):
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+    return mod
+
+
+def _finalize(mod: IRModule) -> IRModule:
+    """BN folding, constant folding and dead-binding cleanup shared by both importers."""
+    mod = fold_batch_norm(mod)
+    mod = relax.transform.FoldConstant()(mod)
+    mod = relax.transform.CanonicalizeBindings()(mod)
+    return relax.transform.DeadCodeElimination(["main"])(mod)
+
+
+def _has_op(mod: IRModule, op_name: str) -> bool:
+    """Whether any Relax function in ``mod`` calls the operator ``op_name``."""
+    op = tvm.ir.Op.get(op_name)
+    found: list[bool] = []
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(op):
+            found.append(True)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return bool(found)
+
