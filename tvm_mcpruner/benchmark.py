@@ -1,0 +1,192 @@
+"""Side-by-side latency of one pruned model in torch, onnxruntime, TVM dense and mcpruner.
+
+Every framework runs the *same* pruned weights, in the same process, with the same
+thread count, timed the same way (wall clock of one call, median of ``repeat`` calls
+after warm-up). Ratios measured in one run are the only speed claims we make.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["FrameworkTiming", "ComparisonResult", "compare_frameworks", "machine_info", "set_threads"]
+
+
+@dataclass
+class FrameworkTiming:
+    name: str
+    median_ms: float
+    times_ms: list[float]
+    max_rel_error: float  # max |y - y_torch| / max |y_torch|
+    note: str = ""
+
+
+@dataclass
+class ComparisonResult:
+    model: str
+    input_shape: tuple[int, ...]
+    threads: int
+    machine: dict[str, Any]
+    timings: list[FrameworkTiming]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def timing(self, name: str) -> FrameworkTiming:
+        return next(t for t in self.timings if t.name == name)
+
+    def speedup_of(self, name: str = "mcpruner") -> dict[str, float]:
+        """How many times faster ``name`` is than each other framework."""
+        ours = self.timing(name).median_ms
+        return {t.name: t.median_ms / ours for t in self.timings if t.name != name}
+
+    def table(self) -> str:
+        ours = self.timing("mcpruner").median_ms if any(t.name == "mcpruner" for t in self.timings) else None
+        head = f"{'framework':<28} {'median ms':>10} {'threads':>7} {'mcpruner speedup':>17} {'max err vs torch':>17}"
+        lines = [head, "-" * len(head)]
+        for t in self.timings:
+            speed = f"{t.median_ms / ours:.2f}x" if ours else "-"
+            label = f"{t.name} ({t.note})" if t.note else t.name
+            lines.append(
+                f"{label:<28} {t.median_ms:>10.2f} {self.threads:>7} {speed:>17} {t.max_rel_error:>17.1e}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["speedup_of_mcpruner"] = self.speedup_of() if any(t.name == "mcpruner" for t in self.timings) else {}
+        return d
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def set_threads(threads: int) -> None:
+    """Give torch and TVM's runtime the same thread count (onnxruntime gets it per session)."""
+    import torch
+    import tvm
+
+    torch.set_num_threads(threads)
+    # AffinityMode kBig (1): on x86 every core is "big", so this sets the pool size; but
+    # it also pins the calling thread to one core, which would leave torch's and
+    # onnxruntime's threads fighting over that core: give the caller its cores back.
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
+def _time(fn: Callable[[], Any], warmup: int, repeat: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
+def _rel_error(y: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(y - ref).max() / max(float(np.abs(ref).max()), 1e-30))
+
+
+def compare_frameworks(
+    pruned_model: Any,
+    example_input: Any,
+    *,
+    target: str = "host",
+    threads: int | None = None,
+    repeat: int = 5,
+    warmup: int = 2,
+    tvm_dense: bool = True,
+    model_name: str = "model",
+    progress: Callable[[str], None] | None = None,
+) -> ComparisonResult:
+    """Time the pruned model in torch, onnxruntime, TVM dense (untuned) and mcpruner."""
+    import onnxruntime as ort
+    import torch
+    import tvm
+
+    from .compiler import compile as mcp_compile
+    from .frontend import export_onnx, from_onnx, from_torch
+    from .targets import get_preset
+
+    say = progress or (lambda _msg: None)
+    preset = get_preset(target)
+    threads = threads or preset.threads
+    set_threads(threads)
+    x = example_input.detach().numpy() if hasattr(example_input, "detach") else np.asarray(example_input)
+    xt = torch.from_numpy(x)
+    model = pruned_model.eval()
+
+    timings: list[FrameworkTiming] = []
+    with torch.inference_mode():
+        ref = model(xt).numpy()
+        say("timing torch (oneDNN) dense")
+        # Denormal activations send oneDNN down a path ~50x slower; flushing them to zero
+        # is what a deployment would do, so the baselines get it (our kernels do not).
+        torch.set_flush_denormal(True)
+        try:
+            times = _time(lambda: model(xt), warmup, repeat)
+        finally:
+            torch.set_flush_denormal(False)
+    timings.append(FrameworkTiming("torch", statistics.median(times), times, 0.0, "oneDNN, dense"))
+
+    say("exporting ONNX and timing onnxruntime dense")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, (xt,), Path(tmp) / "model.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        y = session.run(None, feed)[0]
+        times = _time(lambda: session.run(None, feed), warmup, repeat)
+    timings.append(FrameworkTiming("onnxruntime", statistics.median(times), times, _rel_error(y, ref), "dense"))
+
+    say("importing into Relax")
+    mod = from_torch(model, (xt,))
+    if tvm_dense:
+        say("compiling and timing TVM dense (default pipeline, untuned)")
+        ex = tvm.compile(mod, target=preset.tvm_target())
+        vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
+        arg = tvm.runtime.tensor(x)
+        y = vm["main"](arg).numpy()
+        times = _time(lambda: vm["main"](arg), 1, max(3, min(repeat, 5)))
+        timings.append(
+            FrameworkTiming("tvm-dense", statistics.median(times), times, _rel_error(y, ref), "untuned")
+        )
+
+    say("compiling and timing mcpruner sparse")
+    start = time.perf_counter()
+    cm = mcp_compile(mod, target=preset)
+    compile_s = time.perf_counter() - start
+    arg = tvm.runtime.tensor(x)
+    y = cm.vm["main"](arg).numpy()
+    times = _time(lambda: cm.vm["main"](arg), warmup, repeat)
+    timings.append(FrameworkTiming("mcpruner", statistics.median(times), times, _rel_error(y, ref), "sparse"))
+
+    facts = {
+        "sparse_layers": cm.num_sparse_layers,
+        "conv_layers": len(cm.sparse_layers),
+        "mcpruner_compile_s": round(compile_s, 2),
+        "target": preset.name,
+        "target_description": preset.description,
+    }
+    return ComparisonResult(model_name, tuple(x.shape), threads, machine_info(), timings, facts)

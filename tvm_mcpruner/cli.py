@@ -1,0 +1,181 @@
+"""The ``mcpruner`` command line: demo | prune | compile | bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: use e.g. 1,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: dimensions must be positive")
+    return dims
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models import model_names
+
+    p.add_argument("--model", default="resnet18", help=f"one of {', '.join(model_names())}")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--input-shape", type=_shape, default=(1, 3, 224, 224), help="N,C,H,W")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="host", help="target preset (vector width to align to)")
+    p.add_argument("--pattern-k", type=int, default=4, help="taps kept per 3x3 kernel")
+    p.add_argument("--keep-kernels", type=float, default=0.5, help="share of kernels kept")
+
+
+def _build_model(args: argparse.Namespace):
+    import torch
+
+    from .models import get_model
+
+    torch.manual_seed(args.seed)
+    kw = {"num_classes": args.num_classes, "in_channels": args.input_shape[1]}
+    if args.width != 1.0:
+        kw["width"] = args.width
+    return get_model(args.model, **kw).eval()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(size=args.size, batch=args.batch, threads=args.threads, repeat=args.repeat,
+             seed=args.seed, target=args.target, json_path=args.json)
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pruning import prune
+
+    model = _build_model(args)
+    x = torch.randn(*args.input_shape)
+    pruned, report = prune(model, target=args.target, pattern_k=args.pattern_k,
+                           keep_kernels=args.keep_kernels, example_input=x)
+    print(report)
+    if args.out:
+        torch.save(pruned.state_dict(), args.out)
+        print(f"saved the pruned state_dict (weight_orig + weight_mask) to {args.out}")
+    return 0
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    import torch
+
+    from .compiler import compile as mcp_compile
+    from .frontend import from_onnx, from_torch
+    from .pruning import load_pruned_state_dict, prune
+
+    if args.onnx:
+        mod = from_onnx(args.onnx, {args.input_name: list(args.input_shape)} if args.input_name else None)
+    else:
+        model = _build_model(args)
+        if args.weights:
+            # Re-create the pruning reparametrization, then load the saved masks + weights.
+            model = load_pruned_state_dict(model, torch.load(args.weights, weights_only=True))
+        else:
+            model, _ = prune(model, target=args.target, pattern_k=args.pattern_k,
+                             keep_kernels=args.keep_kernels)
+        mod = from_torch(model, (torch.randn(*args.input_shape),))
+    cm = mcp_compile(mod, target=args.target)
+    print(cm.summary())
+    if args.out:
+        kwargs = {}
+        cross = cm.preset.extra.get("cross_compiler")
+        if cross:
+            import tvm
+
+            kwargs["fcompile"] = tvm.support.cc.cross_compiler(cross)
+        cm.export_library(args.out, **kwargs)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .benchmark import compare_frameworks
+    from .pruning import prune
+
+    model = _build_model(args)
+    x = torch.randn(*args.input_shape)
+    pruned, report = prune(model, target=args.target, pattern_k=args.pattern_k,
+                           keep_kernels=args.keep_kernels, example_input=x)
+    result = compare_frameworks(pruned, x, target=args.target, threads=args.threads,
+                                repeat=args.repeat, model_name=args.model,
+                                tvm_dense=not args.no_tvm_dense, progress=print)
+    result.facts["conv_mac_reduction"] = round(report.mac_reduction, 3)
+    print(result.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcpruner", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each layer's decision")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="prune + compile + time a ResNet-18-style model vs torch/ORT/TVM")
+    demo.add_argument("--size", type=int, default=224)
+    demo.add_argument("--batch", type=int, default=1)
+    demo.add_argument("--threads", type=int, default=None, help="default: the target's cores")
+    demo.add_argument("--repeat", type=int, default=5)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--target", default="host")
+    demo.add_argument("--json", help="also write the result as JSON here")
+    demo.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("prune", help="prune a built-in model and print the report")
+    _add_model_args(p)
+    _add_prune_args(p)
+    p.add_argument("--out", help="save the pruned state_dict here (.pt)")
+    p.set_defaults(func=_cmd_prune)
+
+    c = sub.add_parser("compile", help="compile a pruned model (built-in or .onnx) and export it")
+    _add_model_args(c)
+    _add_prune_args(c)
+    c.add_argument("--weights", help="pruned state_dict saved by 'mcpruner prune --out'")
+    c.add_argument("--onnx", help="compile this ONNX file instead of a built-in model")
+    c.add_argument("--input-name", help="ONNX input to give --input-shape (for dynamic dims)")
+    c.add_argument("--out", help="export the compiled library here (.so)")
+    c.set_defaults(func=_cmd_compile)
+
+    b = sub.add_parser("bench", help="time a pruned built-in model side by side")
+    _add_model_args(b)
+    _add_prune_args(b)
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--repeat", type=int, default=5)
+    b.add_argument("--no-tvm-dense", action="store_true", help="skip the (slow) untuned TVM build")
+    b.add_argument("--json", help="write the result as JSON here")
+    b.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"mcpruner {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
