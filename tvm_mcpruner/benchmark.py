@@ -123,7 +123,7 @@ def compare_frameworks(
     import tvm
 
     from .compiler import compile as mcp_compile
-    from .frontend import export_onnx, from_onnx, from_torch
+    from .frontend import export_onnx, from_torch
     from .targets import get_preset
 
     say = progress or (lambda _msg: None)

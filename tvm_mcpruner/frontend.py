@@ -19,7 +19,6 @@ Both paths bake ``torch.nn.utils.prune`` reparametrizations (``weight_orig`` x
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import warnings
@@ -30,13 +29,14 @@ import numpy as np
 import torch
 import tvm
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 from tvm import relax
 from tvm.ir import GenericConst, IRModule
 from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
 
+from .pruning import bake
+
 __all__ = [
-    "from_torch", "export_onnx", "from_onnx", "bake_pruning", "fold_batch_norm", "FoldConvBatchNorm",
+    "from_torch", "export_onnx", "from_onnx", "fold_batch_norm", "FoldConvBatchNorm",
 ]
 
 _ONNX_OPSET = 17
@@ -45,58 +45,9 @@ _ONNX_OPSET = 17
 # --------------------------------------------------------------------------- torch side
 
 
-def bake_pruning(model: nn.Module) -> nn.Module:
-    """Make ``torch.nn.utils.prune`` masks permanent, in place; returns ``model``.
-
-    Exporters would otherwise trace ``weight_orig * weight_mask`` as a runtime multiply
-    (torch.export) or fold it only by chance (ONNX), and the importer would see a dense
-    weight.  ``prune.remove`` writes the masked tensor back as a plain parameter.  A
-    ``<name>_orig`` / ``<name>_mask`` pair left without its hook (e.g. restored from a
-    state dict by hand) is baked the same way.
-    """
-    for module in model.modules():
-        hooks = [h for h in module._forward_pre_hooks.values()
-                 if isinstance(h, torch_prune.BasePruningMethod)]
-        for hook in hooks:
-            torch_prune.remove(module, hook._tensor_name)
-        _bake_orphan_masks(module)
-    return model
-
-
-def _bake_orphan_masks(module: nn.Module) -> None:
-    """Replace a hook-less ``<name>_orig`` parameter + ``<name>_mask`` buffer by one parameter."""
-    for pname, orig in list(module.named_parameters(recurse=False)):
-        if not pname.endswith("_orig"):
-            continue
-        name = pname[: -len("_orig")]
-        mask = getattr(module, name + "_mask", None)
-        if mask is None:
-            continue
-        del module._parameters[pname]
-        del module._buffers[name + "_mask"]
-        if hasattr(module, name):
-            delattr(module, name)
-        module.register_parameter(name, nn.Parameter((orig * mask).detach()))
-
-
 def _prepare(model: nn.Module) -> nn.Module:
-    """Deep copy (never mutate the caller's model), bake masks, switch to eval mode."""
-    return bake_pruning(_deepcopy_module(model)).eval()
-
-
-def _deepcopy_module(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also works on pruned models.
-
-    ``prune`` leaves ``module.weight = weight_orig * weight_mask`` as a plain attribute,
-    a non-leaf tensor that refuses deep copying.  Those are derived values (the hook
-    recomputes them, ``prune.remove`` rebuilds them), so the copy gets detached clones.
-    """
-    memo: dict[int, Any] = {}
-    for module in model.modules():
-        for value in vars(module).values():
-            if isinstance(value, torch.Tensor) and not value.is_leaf:
-                memo[id(value)] = value.detach().clone()
-    return copy.deepcopy(model, memo)
+    """A baked deep copy in eval mode: the caller's model is never changed."""
+    return bake(model).eval()
 
 
 def _as_tuple(example_inputs: Any) -> tuple:

@@ -178,9 +178,29 @@ def bake(model: nn.Module) -> nn.Module:
 
     The copy has plain ``weight`` parameters holding zeros where pruned -- what
     ``torch.export`` / ONNX and the TVM pass (which reads structure from the values) need.
+    Exporters would otherwise trace ``weight_orig * weight_mask`` as a runtime multiply
+    and the compiler would see a dense weight. A ``<name>_orig`` / ``<name>_mask`` pair
+    left without its hook (restored from a state dict by hand) is baked the same way.
     """
     baked = deepcopy_model(model)
     for module in baked.modules():
         for hook in _pruning_hooks(module):
             torch_prune.remove(module, hook._tensor_name)
+        _bake_orphan_masks(module)
     return baked
+
+
+def _bake_orphan_masks(module: nn.Module) -> None:
+    """Replace a hook-less ``<name>_orig`` parameter + ``<name>_mask`` buffer by one parameter."""
+    for pname, orig in list(module.named_parameters(recurse=False)):
+        if not pname.endswith("_orig"):
+            continue
+        name = pname[: -len("_orig")]
+        mask = getattr(module, name + "_mask", None)
+        if mask is None:
+            continue
+        del module._parameters[pname]
+        del module._buffers[name + "_mask"]
+        if hasattr(module, name):
+            delattr(module, name)
+        module.register_parameter(name, nn.Parameter((orig * mask).detach()))
