@@ -78,16 +78,11 @@ def machine_info() -> dict[str, Any]:
 def set_threads(threads: int) -> None:
     """Give torch and TVM's runtime the same thread count (onnxruntime gets it per session)."""
     import torch
-    import tvm
+
+    from .compiler import set_tvm_threads
 
     torch.set_num_threads(threads)
-    # AffinityMode kBig (1): on x86 every core is "big", so this sets the pool size; but
-    # it also pins the calling thread to one core, which would leave torch's and
-    # onnxruntime's threads fighting over that core: give the caller its cores back.
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    tvm.get_global_func("runtime.config_threadpool")(1, threads)
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
+    set_tvm_threads(threads)
 
 
 def _time(fn: Callable[[], Any], warmup: int, repeat: int) -> list[float]:
@@ -175,7 +170,7 @@ def compare_frameworks(
 
     say("compiling and timing mcpruner sparse")
     start = time.perf_counter()
-    cm = mcp_compile(mod, target=preset)
+    cm = mcp_compile(mod, target=preset, threads=threads)
     compile_s = time.perf_counter() - start
     arg = tvm.runtime.tensor(x)
     y = cm.vm["main"](arg).numpy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from relay_passes import RewriteSparseConv2d, SparseLayerRecord, mcpruner_pipeli
 
 from .targets import TargetPreset, get_preset
 
-__all__ = ["CompiledModel", "SparseLayerRecord", "compile"]
+__all__ = ["CompiledModel", "SparseLayerRecord", "compile", "set_tvm_threads"]
 
 logger = logging.getLogger("tvm_mcpruner")
 
@@ -25,10 +26,17 @@ class CompiledModel:
     reason, kernel, MAC reduction); ``executable`` is the ``tvm.relax.VMExecutable``.
     """
 
-    def __init__(self, executable, preset: TargetPreset, sparse_layers: list[SparseLayerRecord]):
+    def __init__(
+        self,
+        executable,
+        preset: TargetPreset,
+        sparse_layers: list[SparseLayerRecord],
+        threads: int | None = None,
+    ):
         self.executable = executable
         self.preset = preset
         self.sparse_layers = sparse_layers
+        self.threads = threads or preset.threads
         self.device = tvm.cpu() if preset.family in ("x86", "arm_cpu") else None
         self._vm = None
 
@@ -39,6 +47,7 @@ class CompiledModel:
                 raise RuntimeError(
                     f"{self.preset.name} code runs on its device: export_library() and load it there"
                 )
+            set_tvm_threads(self.threads)
             self._vm = relax.VirtualMachine(self.executable, self.device)
         return self._vm
 
@@ -67,16 +76,29 @@ class CompiledModel:
         return "\n".join(lines)
 
 
+def set_tvm_threads(threads: int) -> None:
+    """Size TVM's CPU thread pool (its default on x86 is half the logical CPUs)."""
+    # AffinityMode kBig (1): on x86 every core is "big", so this sets the pool size; but
+    # it also pins the calling thread to one core, which would leave torch's and
+    # onnxruntime's threads in the same process fighting over that core: give it back.
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
 def compile(  # noqa: A001 - the public name mirrors tvm.compile
     mod: tvm.IRModule,
     target: "str | TargetPreset" = "host",
     *,
     min_mac_reduction: float = 1.25,
+    threads: int | None = None,
 ) -> CompiledModel:
     """Rewrite pruned convs into sparse kernels and build ``mod`` for a target preset.
 
     ``mod`` is a Relax IRModule whose conv weights are bound constants (``from_torch`` /
-    ``from_onnx``). Convs whose weights carry no aligned sparsity still run our kernel
+    ``from_onnx``). ``threads`` sizes TVM's thread pool when the model first runs
+    (default: the preset's cores). Convs whose weights carry no aligned sparsity still run our kernel
     as a direct dense conv; convs it cannot run stay TVM's; see ``sparse_layers``.
     """
     if not isinstance(mod, tvm.IRModule) or "main" not in [g.name_hint for g in mod.get_global_vars()]:
@@ -88,7 +110,7 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     executable = tvm.compile(mod, target=preset.tvm_target(), relax_pipeline=pipeline)
     logger.info("compiled %d conv layers (%d sparse) for %s", len(rewrite.records),
                 sum(r.sparse for r in rewrite.records), preset.name)
-    return CompiledModel(executable, preset, list(rewrite.records))
+    return CompiledModel(executable, preset, list(rewrite.records), threads=threads)
 
 
 def _as_numpy(x: Any) -> np.ndarray:
