@@ -1,0 +1,73 @@
+"""topi_sparse.knobs: the default register tile of the pattern-sparse conv."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from topi_sparse import PatternConvKnobs, default_pattern_conv_knobs
+
+# Accumulator limit per fp32 vector width: the vector register file (AVX-512 and NEON:
+# 32 registers, AVX2: 16) minus the weight vector and slack for the compiler. A tile
+# wider than this spills accumulators to the stack.
+ACCUMULATOR_LIMIT = {16: 28, 8: 13, 4: 24}
+VECTOR_REGISTERS = {16: 32, 8: 16, 4: 32}
+
+
+def wasted_share(out_width: int, tile_w: int) -> float:
+    """Share of computed columns that are thrown away (acc is padded to full tiles)."""
+    computed = -(-out_width // tile_w) * tile_w
+    return (computed - out_width) / computed
+
+
+@settings(max_examples=300, deadline=None)
+@given(out_width=st.integers(1, 512), lanes=st.sampled_from([16, 8, 4]))
+def test_tile_within_accumulator_limit_and_output_width(out_width, lanes):
+    knobs = default_pattern_conv_knobs(out_width, lanes)
+    assert isinstance(knobs, PatternConvKnobs)
+    assert knobs.lanes == lanes
+    assert knobs.vectorize_store is True
+    assert 1 <= knobs.tile_w <= out_width
+    assert knobs.tile_w <= ACCUMULATOR_LIMIT[lanes]
+    assert knobs.tile_w + 1 <= VECTOR_REGISTERS[lanes]  # accumulators + weight vector
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 32])
+@pytest.mark.parametrize("out_width", [1, 7, 13, 100])
+def test_unknown_lanes_use_a_conservative_limit(lanes, out_width):
+    knobs = default_pattern_conv_knobs(out_width, lanes)
+    assert 1 <= knobs.tile_w <= min(out_width, 12)
+
+
+@pytest.mark.parametrize("out_width", [56, 28, 14, 7])
+def test_resnet_widths_waste_under_15_percent_lanes16(out_width):
+    knobs = default_pattern_conv_knobs(out_width, 16)
+    assert wasted_share(out_width, knobs.tile_w) < 0.15, knobs
+
+
+@pytest.mark.parametrize("out_width, tile_w", [(56, 28), (28, 28), (14, 14), (7, 7)])
+def test_resnet_widths_lanes16_exact_tiles(out_width, tile_w):
+    # These widths all fit in (multiples of) <= 28 accumulators with no waste at all.
+    assert default_pattern_conv_knobs(out_width, 16).tile_w == tile_w
+
+
+@pytest.mark.parametrize("lanes", [8, 4])
+@pytest.mark.parametrize("out_width", [112, 56, 28, 14, 7])
+def test_common_widths_waste_under_15_percent_other_lanes(out_width, lanes):
+    knobs = default_pattern_conv_knobs(out_width, lanes)
+    assert wasted_share(out_width, knobs.tile_w) < 0.15, knobs
+
+
+def test_default_is_deterministic_and_small_widths_take_the_full_row():
+    for ow in range(1, ACCUMULATOR_LIMIT[16] + 1):
+        assert default_pattern_conv_knobs(ow, 16).tile_w == ow
+    assert default_pattern_conv_knobs(56, 16) == default_pattern_conv_knobs(56, 16)
+
+
+def test_knobs_are_frozen():
+    knobs = PatternConvKnobs(lanes=16, tile_w=4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        knobs.tile_w = 8  # type: ignore[misc]
