@@ -61,10 +61,9 @@ class PatternSparseWeight:
     @property
     def row_ptr(self) -> np.ndarray:
         """[G+1]: the value rows of group g are ``values[row_ptr[g]:row_ptr[g+1]]``."""
-        taps = self.pattern_sizes[self.pattern_ids] if len(self.pattern_ids) else np.zeros(0, np.int32)
-        per_group = np.add.reduceat(taps, self.group_ptr[:-1]) if len(taps) else np.zeros(self.num_groups)
-        # reduceat misreports empty groups (it returns the next element): zero them.
-        per_group = np.where(np.diff(self.group_ptr) > 0, per_group, 0)
+        taps = self.pattern_sizes[self.pattern_ids]
+        kernel_group = np.repeat(np.arange(self.num_groups), np.diff(self.group_ptr))
+        per_group = np.bincount(kernel_group, weights=taps, minlength=self.num_groups)
         return np.concatenate([[0], np.cumsum(per_group)]).astype(np.int32)
 
     def row_channels_and_taps(self) -> tuple[np.ndarray, np.ndarray]:

@@ -112,12 +112,6 @@ def make_weight(rng, o, c, kh, kw, lanes, kind, keep):
             for ch in chans:
                 m[ch, rng.choice(taps, int(rng.integers(1, taps + 1)), replace=False)] = True
             w[g * lanes:(g + 1) * lanes] *= m.reshape(c, kh, kw)
-    # Work around the row_ptr bug pinned in tests/tvm_mcpruner/test_sparse_format.py
-    # (test_row_ptr_trailing_empty_group): a last filter group with no kept kernel while
-    # an earlier one has some crashes PatternSparseWeight.row_ptr. Keep one weight there.
-    last = w[((len(w) - 1) // lanes) * lanes:]
-    if w.any() and not last.any():
-        last[0, 0, 0, 0] = 1.0
     return w.astype(np.float32)
 
 

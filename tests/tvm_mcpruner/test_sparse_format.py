@@ -10,7 +10,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tvm_mcpruner.sparse_format import (
@@ -97,13 +97,6 @@ def independent_rows_per_group(w: np.ndarray, lanes: int) -> list[list[tuple[int
                     group_rows.append((ch, tap))
         rows.append(group_rows)
     return rows
-
-
-def last_group_empty_but_not_all(w: np.ndarray, lanes: int) -> bool:
-    """The configuration that trips the row_ptr bug (see test_row_ptr_trailing_empty_group)."""
-    pg = padded_groups(w, lanes)
-    nz = (pg != 0).reshape(pg.shape[0], -1).any(axis=1)
-    return bool(nz.any() and not nz[-1])
 
 
 weight_cases = st.fixed_dictionaries(
@@ -254,9 +247,6 @@ def test_mac_counts_match_independent_count(case):
 def test_row_ptr_and_row_channels_and_taps_are_consistent(case):
     w = weight_from_case(case)
     lanes = case["lanes"]
-    # Known bug, pinned by test_row_ptr_trailing_empty_group (xfail, strict): drop
-    # this assume once that test passes.
-    assume(not last_group_empty_but_not_all(w, lanes))
     packed = pack_pattern_weights(w, lanes)
     rows = independent_rows_per_group(w, lanes)
 
@@ -286,20 +276,13 @@ def test_row_ptr_and_row_channels_and_taps_are_consistent(case):
     assert packed.num_kept_kernels == len(packed.pattern_ids) == packed.group_ptr[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="BUG sparse_format.PatternSparseWeight.row_ptr: np.add.reduceat gets an index "
-    "== len(taps) when the last filter group keeps no kernel (but an earlier one does) "
-    "and raises IndexError",
-)
 @pytest.mark.parametrize("o, lanes", [(32, 16), (8, 4), (3, 1), (20, 8)])
 def test_row_ptr_trailing_empty_group(o, lanes):
     w = np.zeros((o, 3, 3, 3), np.float32)
     w[0, 1, 1, 1] = 1.0  # only the first group keeps anything
     packed = pack_pattern_weights(w, lanes)
     assert np.array_equal(packed.to_dense(), w)  # unpack does not use row_ptr
-    row_ptr = packed.row_ptr  # IndexError: index 1 out-of-bounds in add.reduceat [0, 1)
+    row_ptr = packed.row_ptr  # once raised IndexError (np.add.reduceat past the end)
     assert row_ptr[-1] == packed.values.shape[0] == 1
 
 
