@@ -2,7 +2,7 @@
 
 Registered on import, so plain TVM users write::
 
-    import relay_passes  # or: import tvm_mcpruner
+    import tvm, tvm_mcpruner  # or: import relay_passes
     ex = tvm.compile(mod, target, relax_pipeline=tvm.relax.get_pipeline("mcpruner"))
 """
 

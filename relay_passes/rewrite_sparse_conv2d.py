@@ -87,15 +87,16 @@ class RewriteSparseConv2d:
             plans = self._plan_function(func)
             if not plans:
                 continue
-            rewriter = _Rewriter(builder, plans, self.preset, self._patterns)
+            rewriter = _Rewriter(builder, plans, self.preset)
             for pattern in self._patterns:
+                rewriter.shared = _values_used_more_than_once(func)
                 func = rewrite_call(pattern.expr, rewriter(pattern), func)
             builder.update_func(gvar, func)
         return relax.transform.DeadCodeElimination()(builder.get())
 
-    def _plan_function(self, func: relax.Function) -> dict[object, _Plan]:
-        """Decide every conv2d of ``func`` in model order; keyed by its weight constant."""
-        plans: dict[object, _Plan] = {}
+    def _plan_function(self, func: relax.Function) -> dict[tuple, _Plan]:
+        """Decide every conv2d of ``func`` in model order; keyed by :func:`_conv_key`."""
+        plans: dict[tuple, _Plan] = {}
         convs: list[relax.Call] = []
         relax.analysis.post_order_visit(
             func, lambda e: convs.append(e) if isinstance(e, relax.Call) and e.op.same_as(_CONV2D) else None
@@ -106,8 +107,44 @@ class RewriteSparseConv2d:
             self.records.append(record)
             logger.info("RewriteSparseConv2d: %s", record)
             if packed is not None:
-                plans[conv.args[1]] = _Plan(record, packed)
+                plans[_conv_key(conv)] = _Plan(record, packed)
         return plans
+
+
+def _conv_key(conv: relax.Call) -> tuple:
+    """What makes two conv2d calls compute the same thing from the same input.
+
+    Keyed by weight *and* attributes: a weight constant may be shared by convs with
+    different strides/dilations, and only the supported ones may take the sparse plan.
+    """
+    attrs = conv.attrs
+    ints = lambda arr: tuple(int(v) for v in arr)  # noqa: E731
+    shape = tuple(conv.args[0].ty.shape) if _is_static_tensor(conv.args[0]) else None
+    return (
+        conv.args[1], None if shape is None else ints(shape), ints(attrs.strides),
+        ints(attrs.padding), ints(attrs.dilation), int(attrs.groups), str(attrs.data_layout),
+        str(attrs.kernel_layout), str(attrs.out_layout), str(attrs.out_dtype),
+    )
+
+
+def _values_used_more_than_once(func: relax.Function) -> set:
+    """Binding values (Call objects) whose variable has more than one use in ``func``.
+
+    A conv (or its bias add) needed elsewhere must not be fused into an epilogue: the
+    fused call would not produce the intermediate, so the bare conv would run as well.
+    """
+    value_of, uses = {}, {}
+
+    def count(expr):
+        if isinstance(expr, relax.Var):
+            uses[expr] = uses.get(expr, 0) + 1
+
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value_of[binding.var] = binding.value
+            relax.analysis.post_order_visit(binding.value, count)
+    relax.analysis.post_order_visit(func.body.body, count)
+    return {value_of[var] for var, n in uses.items() if n > 1 and var in value_of}
 
 
 def _is_primitive(func: relax.Function) -> bool:
@@ -173,7 +210,7 @@ def _unsupported(conv: relax.Call, preset: TargetPreset) -> str:
     strides = {int(s) for s in attrs.strides}
     if len(strides) != 1:
         return f"strides {tuple(int(s) for s in attrs.strides)}: only equal H/W strides"
-    if attrs.out_dtype not in ("", "float32"):
+    if attrs.out_dtype not in (None, "", "float32"):
         return f"out_dtype {attrs.out_dtype} not supported"
     if preset.family not in topi_sparse.SCHEDULED_FAMILIES:
         return f"no sparse schedule for target family {preset.family!r} yet"
@@ -187,6 +224,7 @@ class _EpiloguePattern:
     conv: object
     weight: object
     data: object
+    add: object | None
     bias: object | None
     act: object | None
 
@@ -201,31 +239,35 @@ def _epilogue_patterns() -> list[_EpiloguePattern]:
     for with_bias, with_act in ((True, True), (True, False), (False, True), (False, False)):
         data, weight = wildcard(), is_const()
         conv = is_op("relax.nn.conv2d")(data, weight)
-        expr, bias, act = conv, None, None
+        expr, add, bias, act = conv, None, None, None
         if with_bias:
             bias = is_const()
-            expr = is_op("relax.add")(expr, bias)
+            expr = add = is_op("relax.add")(expr, bias)
         if with_act:
             act = is_op("relax.nn.relu")(expr) | is_op("relax.clip")(expr, wildcard(), wildcard())
             expr = act
-        out.append(_EpiloguePattern(expr, conv, weight, data, bias, act))
+        out.append(_EpiloguePattern(expr, conv, weight, data, add, bias, act))
     return out
 
 
 class _Rewriter:
     """The rewrite callback for each pattern: builds the kernel and the call_tir."""
 
-    def __init__(self, builder, plans, preset, patterns):
+    def __init__(self, builder, plans, preset):
         self.builder = builder
         self.plans = plans
         self.preset = preset
+        self.shared: set = set()  # values with other uses: not fusable (set per pattern)
 
     def __call__(self, pattern: _EpiloguePattern):
         def rewrite(expr: relax.Expr, matches) -> relax.Expr:
-            plan = self.plans.get(matches[pattern.weight])
+            conv = matches[pattern.conv]
+            plan = self.plans.get(_conv_key(conv))
             if plan is None:
                 return expr
-            conv = matches[pattern.conv]
+            inner = [conv] + ([matches[pattern.add]] if pattern.add and pattern.act else [])
+            if pattern.expr is not pattern.conv and any(v in self.shared for v in inner):
+                return expr  # an intermediate is needed elsewhere: a shorter pattern takes it
             bias = _bias_vector(matches[pattern.bias], plan.packed.shape[0]) if pattern.bias else None
             if pattern.bias is not None and bias is None:
                 return expr  # not a per-channel bias: leave it to the bare-conv pattern

@@ -7,12 +7,15 @@ Public API (everything else is private)::
     cm = compile(mod, target="host")                   # CompiledModel: numpy in, numpy out
 
 The TVM-dependent names are imported on first use, so the torch pruning helper works
-(and imports fast) without loading TVM.
+(and imports fast) without loading TVM. The ``"mcpruner"`` Relax pipeline is registered
+by ``import relay_passes``, by the first TVM-dependent name used here, or right away
+when TVM is already imported (``import tvm, tvm_mcpruner``).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from .sparse_format import PatternSparseWeight, pack_pattern_weights, unpack_pattern_weights
@@ -51,3 +54,7 @@ def __getattr__(name: str) -> Any:
     value = module if name == "models" else getattr(module, name)
     globals()[name] = value
     return value
+
+
+if "tvm" in sys.modules:  # TVM is loaded anyway: make get_pipeline("mcpruner") work now
+    importlib.import_module("relay_passes")
