@@ -77,14 +77,17 @@ class CompiledModel:
 
 
 def set_tvm_threads(threads: int) -> None:
-    """Size TVM's CPU thread pool (its default on x86 is half the logical CPUs)."""
-    # AffinityMode kBig (1): on x86 every core is "big", so this sets the pool size; but
-    # it also pins the calling thread to one core, which would leave torch's and
-    # onnxruntime's threads in the same process fighting over that core: give it back.
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    tvm.get_global_func("runtime.config_threadpool")(1, threads)
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
+    """Size TVM's CPU thread pool to ``threads`` workers sharing this process's CPUs.
+
+    TVM's default pool on x86 is half the logical CPUs (one thread on a 2-core VM), and
+    its "big cores" mode (1) pins the caller and its workers so that, measured here,
+    two workers still ran at one core's speed. Mode -3 (kSpecifyThreadShareAllCore)
+    lets every worker run on any CPU the process may use: the OS spreads them.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    tvm.get_global_func("runtime.config_threadpool")(-3, threads, [str(c) for c in cpus])
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)  # keep torch/onnxruntime threads free to use every CPU
 
 
 def compile(  # noqa: A001 - the public name mirrors tvm.compile
