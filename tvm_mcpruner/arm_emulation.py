@@ -46,9 +46,11 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 LABEL = "emulated (qemu) — correctness only, not device timing"
 RPC_KEY = "aarch64-qemu"
@@ -350,8 +352,6 @@ class EmulatedRPCServer:
     :func:`start_rpc_server`; a context manager, or call :meth:`stop`.
     """
 
-    label = LABEL
-
     def __init__(self, proc: subprocess.Popen, port: int, tracker: tuple[str, int] | None,
                  key: str, log_path: Path):
         self.proc = proc
@@ -395,12 +395,24 @@ class EmulatedRPCServer:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        # The worker is not our child: wait until it has really gone and freed the port.
+        deadline = time.monotonic() + 10
+        while _process_group_alive(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def __enter__(self) -> EmulatedRPCServer:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
+
+
+def _process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @atexit.register
@@ -423,10 +435,10 @@ def start_rpc_server(
     :class:`ArmEmulationError` (with the server's log) when it is not set up, dies or
     does not serve in time.
     """
+    tracker_address = parse_tracker(tracker) if tracker is not None else None
     problem = status()
     if problem:
         raise ArmEmulationError(problem)
-    tracker_address = parse_tracker(tracker) if tracker is not None else None
     port = _free_port() if port is None else port
     args = ["--host", LOOPBACK, "--port", str(port), "--port-end", str(port + 1)]
     if tracker_address:
@@ -538,8 +550,11 @@ def run_vm(server: EmulatedRPCServer, lib_path: str | os.PathLike, inputs: Itera
 
 
 def _upload(remote: Any, lib_path: str | os.PathLike) -> Any:
-    remote.upload(str(lib_path))
-    return remote.load_module(Path(lib_path).name)
+    # A unique remote name: the server process dlopen()s every upload, and dlopen of a
+    # path it already loaded returns the old library, not the new file.
+    name = f"{Path(lib_path).stem}-{uuid.uuid4().hex}.so"
+    remote.upload(str(lib_path), target=name)
+    return remote.load_module(name)
 
 
 def _in_session(server: EmulatedRPCServer, work: Callable[[Any], Any]) -> Any:
