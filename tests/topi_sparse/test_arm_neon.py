@@ -1,0 +1,187 @@
+"""The sparse kernels built for ``hikey970-cpu`` (aarch64 + NEON, vector width 4).
+
+For every kernel variant: the generated assembly's hot loop multiplies with NEON
+``fmla ... .4s`` (and nothing scalar), and the cross-compiled library, run on the
+emulated aarch64 RPC server over a real ``tvm.rpc`` session, equals torch's
+``F.conv2d`` on the same dense weight (max error <= 1e-4 * max|y|). One whole model
+(a pruned ResNet-18) runs the same way through the Relax VM.
+
+Emulated (qemu) — correctness only, not device timing: nothing here is timed.
+
+Adding a kernel variant: write a builder ``(case) -> BuiltKernel`` and list its cases in
+``VARIANTS``; both checks then run on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import tvm
+
+import topi_sparse
+import tvm_mcpruner as mcp
+from tests._arm import require_arm_emulation
+from tests._models import assert_close, randomize_bn, torch_output
+from tests.topi_sparse.test_pattern_conv2d import make_weight, torch_reference
+from tvm_mcpruner import arm_emulation
+from tvm_mcpruner.sparse_format import pack_pattern_weights
+
+pytestmark = pytest.mark.arm
+
+PRESET = mcp.get_preset("hikey970-cpu")
+LANES = PRESET.vector_width
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One layer: NCHW input, O filters of ``kernel`` x ``kernel``, fused epilogue, weight kind."""
+
+    batch: int
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    with_bias: bool
+    clip: tuple[float | None, float | None] | None
+    weight: str = "aligned"  # or "dense" (see make_weight)
+    keep: float = 0.5
+
+
+@dataclass(frozen=True)
+class BuiltKernel:
+    """A variant built for the preset, with the data to run it and torch's answer."""
+
+    lib: tvm.runtime.Executable
+    inputs: tuple[np.ndarray, ...]
+    output_shape: tuple[int, ...]
+    expected: np.ndarray
+    accumulators: int  # output vectors one hot-loop iteration updates (fmla count)
+
+
+def pattern_conv2d_variant(case: ConvCase) -> BuiltKernel:
+    """``topi_sparse.build_pattern_conv2d(family="arm_cpu")`` on a packed random weight."""
+    rng = np.random.default_rng(0)
+    k = case.kernel
+    x = rng.standard_normal((case.batch, case.in_channels, case.height, case.width), np.float32)
+    w = make_weight(rng, case.out_channels, case.in_channels, k, k, LANES, case.weight, case.keep)
+    bias = rng.standard_normal(case.out_channels).astype(np.float32) if case.with_bias else None
+    packed = pack_pattern_weights(w, LANES)
+    kernel = topi_sparse.build_pattern_conv2d(
+        x.shape, w.shape, packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
+        stride=case.stride, padding=(case.padding,) * 4, family=PRESET.family,
+        with_bias=case.with_bias, clip=case.clip,
+    )
+    lib = tvm.compile(tvm.IRModule({"main": kernel.func}), target=PRESET.tvm_target())
+    expected = torch_reference(x, w, bias, stride=case.stride, padding=case.padding, clip=case.clip)
+    inputs = (x.reshape(kernel.input_shape), kernel.values, kernel.offsets) + ((bias,) if case.with_bias else ())
+    return BuiltKernel(lib, inputs, kernel.output_shape, expected, accumulators=kernel.knobs.tile_w)
+
+
+RELU, RELU6 = (0.0, None), (0.0, 6.0)
+PATTERN_CONV2D_CASES = {
+    "3x3-s1-p1-bias-relu": ConvCase(1, 16, 12, 12, 32, 3, 1, 1, True, RELU),
+    "3x3-s2-p1-relu6": ConvCase(1, 16, 13, 13, 16, 3, 2, 1, False, RELU6),
+    "3x3-s1-p0-C6-O10-bias": ConvCase(1, 6, 10, 9, 10, 3, 1, 0, True, None),
+    "3x3-s2-p0-batch2-bias-relu6": ConvCase(2, 8, 11, 9, 12, 3, 2, 0, True, RELU6),
+    "3x3-s1-p1-dense-rgb-stem": ConvCase(1, 3, 16, 16, 16, 3, 1, 1, True, RELU, weight="dense"),
+    "1x1-s1-p0-C30-O20-bias-relu": ConvCase(1, 30, 8, 8, 20, 1, 1, 0, True, RELU),
+    "1x1-s2-p0-C18-batch2": ConvCase(2, 18, 7, 7, 8, 1, 2, 0, False, None, keep=0.75),
+}
+VARIANTS = [
+    pytest.param(pattern_conv2d_variant, case, id=f"pattern_conv2d-{name}")
+    for name, case in PATTERN_CONV2D_CASES.items()
+]
+
+
+@functools.cache
+def built(builder: Callable[[ConvCase], BuiltKernel], case: ConvCase) -> BuiltKernel:
+    return builder(case)
+
+
+# ---------------------------------------------------------------------------------
+# generated code
+# ---------------------------------------------------------------------------------
+_LABEL = re.compile(r"^(\.L\w+):")
+_BRANCH = re.compile(r"^(?:b(?:\.\w+)?|cbn?z|tbn?z)\s.*?(\.L\w+)$")
+_FP_MULTIPLY = re.compile(r"^(?:fmla|fmls|fmadd|fmsub|fmul)\s")
+
+
+def loops(asm: str) -> list[list[str]]:
+    """Instruction lines of every loop: from a label to a later branch back to it."""
+    lines = [line.strip() for line in asm.splitlines()]
+    label_line: dict[str, int] = {}
+    bodies = []
+    for i, line in enumerate(lines):
+        if match := _LABEL.match(line):
+            label_line[match.group(1)] = i
+        elif (match := _BRANCH.match(line)) and match.group(1) in label_line:
+            bodies.append(lines[label_line[match.group(1)] + 1 : i + 1])
+    return bodies
+
+
+def hot_loop(asm: str) -> list[str]:
+    """The innermost (shortest) loop that multiplies floats: where the kernel spends its time."""
+    multiplying = [body for body in loops(asm) if any(_FP_MULTIPLY.match(line) for line in body)]
+    assert multiplying, "no loop with floating-point multiplies in the assembly"
+    return min(multiplying, key=len)
+
+
+@pytest.mark.parametrize("builder, case", VARIANTS)
+def test_hot_loop_is_neon_fmla_4s(builder, case):
+    kernel = built(builder, case)
+    asm = kernel.lib.mod.inspect_source("asm")
+    body = hot_loop(asm)
+    multiplies = [line for line in body if _FP_MULTIPLY.match(line)]
+    neon = [line for line in multiplies if re.match(r"fmla\s+v\d+\.4s,\s*v\d+\.4s,", line)]
+    assert neon == multiplies, "hot loop has non-NEON-4s multiplies:\n" + "\n".join(body)
+    # One fmla per accumulator vector of the register tile, each iteration.
+    assert len(neon) >= kernel.accumulators, "\n".join(body)
+
+
+# ---------------------------------------------------------------------------------
+# run on the emulated aarch64
+# ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def arm_server():
+    """One emulated aarch64 RPC server for the whole module (starting one takes ~5 s)."""
+    require_arm_emulation()
+    with arm_emulation.start_rpc_server() as server:
+        yield server
+
+
+@pytest.mark.parametrize("builder, case", VARIANTS)
+def test_matches_torch_on_emulated_aarch64(builder, case, arm_server, tmp_path: Path):
+    kernel = built(builder, case)
+    lib_path = arm_emulation.export_for_arm(kernel.lib, tmp_path / "kernel.so")
+    (y,) = arm_emulation.run_primfunc(arm_server, lib_path, kernel.inputs,
+                                      [(kernel.output_shape, "float32")])
+    assert_close(y, kernel.expected, rel=1e-4)
+
+
+def test_pruned_resnet18_matches_torch_on_emulated_aarch64(arm_server, tmp_path: Path):
+    torch.manual_seed(0)
+    model = mcp.models.get_model("resnet18", width=0.25, stem="cifar")
+    pruned, report = mcp.prune(model, target="hikey970-cpu", pattern_k=4, keep_kernels=0.5)
+    randomize_bn(pruned, seed=3, example_input=torch.randn(4, 3, 32, 32))
+    # Two different images in one batch: their outputs must differ, or the check is empty.
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    cm = mcp.compile(mcp.from_torch(pruned, (x,)), target="hikey970-cpu")
+    assert cm.num_sparse_layers == len(report.pruned_layers) > 0
+    assert [r.sparse for r in cm.sparse_layers] == [layer.pruned for layer in report.layers]
+
+    lib_path = arm_emulation.export_for_arm(cm, tmp_path / "resnet18.so")
+    y = arm_emulation.run_vm(arm_server, lib_path, [x.numpy()])
+    expected = torch_output(pruned, x)
+    assert_close(y, expected, rel=1e-4)
+    row_difference = float(np.abs(y[0] - y[1]).max())
+    assert row_difference > 1e-2 * float(np.abs(expected).max()), "output ignores the input"
