@@ -11,6 +11,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from tvm_mcpruner.sparse_format import MIN_MAC_REDUCTION
 from tvm_mcpruner.targets import TargetPreset, get_preset, preset_for_tvm_target
 
 from .rewrite_sparse_conv2d import RewriteSparseConv2d
@@ -20,7 +21,7 @@ __all__ = ["mcpruner_pipeline"]
 
 def mcpruner_pipeline(
     target: "str | TargetPreset | None" = None,
-    min_mac_reduction: float = 1.25,
+    min_mac_reduction: float = MIN_MAC_REDUCTION,
     rewrite: RewriteSparseConv2d | None = None,
 ) -> tvm.transform.Pass:
     """Sparse rewrites + the default pipeline of the target ``tvm.compile`` builds for.

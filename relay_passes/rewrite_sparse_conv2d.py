@@ -12,7 +12,7 @@ from tvm.ir import IRModule
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 import topi_sparse
-from tvm_mcpruner.sparse_format import PatternSparseWeight, pack_pattern_weights
+from tvm_mcpruner.sparse_format import MIN_MAC_REDUCTION, PatternSparseWeight, pack_pattern_weights
 from tvm_mcpruner.targets import TargetPreset, get_preset
 
 __all__ = ["RewriteSparseConv2d", "SparseLayerRecord"]
@@ -72,7 +72,7 @@ class RewriteSparseConv2d:
     Either way the reason is logged and kept in :attr:`records`, one per conv2d.
     """
 
-    def __init__(self, target: "str | TargetPreset" = "host", min_mac_reduction: float = 1.25):
+    def __init__(self, target: "str | TargetPreset" = "host", min_mac_reduction: float = MIN_MAC_REDUCTION):
         self.preset = get_preset(target)
         self.min_mac_reduction = min_mac_reduction
         self.records: list[SparseLayerRecord] = []
@@ -280,38 +280,28 @@ class _Rewriter:
 
     def _emit(self, conv, data, plan: _Plan, bias, clip) -> relax.Expr:
         attrs = conv.attrs
-        n, c, h, w = (int(d) for d in data.ty.shape)
-        o, _, kh, kw = plan.packed.shape
         padding = tuple(int(p) for p in attrs.padding)
         if len(padding) == 2:
             padding = (padding[0], padding[1], padding[0], padding[1])
-        stride = int(attrs.strides[0])
-        lanes = plan.packed.lanes
-        base = topi_sparse.PatternConvShape(n, c, h, w, o, (kh, kw), stride, padding, lanes, 1)
-        knobs = topi_sparse.default_pattern_conv_knobs(base.out_width, lanes)
         row_channel, row_tap = plan.packed.row_channels_and_taps()
-        values, offsets = topi_sparse.kernel_operands(
-            plan.packed.row_ptr, row_channel, row_tap, plan.packed.values, kw,
-            base.padded_height(), base.padded_width(knobs.tile_w),
-        )
-        shape = topi_sparse.PatternConvShape(
-            n, c, h, w, o, (kh, kw), stride, padding, lanes, values.shape[1]
-        )
-        prim = topi_sparse.pattern_conv2d_primfunc(
-            shape, self.preset.family, with_bias=bias is not None, clip=clip, knobs=knobs
+        kernel = topi_sparse.build_pattern_conv2d(
+            tuple(int(d) for d in data.ty.shape), plan.packed.shape, plan.packed.row_ptr,
+            row_channel, row_tap, plan.packed.values, stride=int(attrs.strides[0]),
+            padding=padding, family=self.preset.family, with_bias=bias is not None, clip=clip,
         )
         # Opaque to FuseOps: fusing an epilogue would append it unscheduled (and drop
         # tirx.is_scheduled); bias and activation are already fused here.
-        prim = prim.without_attr("global_symbol").with_attr("op_pattern", _OPAQUE)
+        prim = kernel.func.without_attr("global_symbol").with_attr("op_pattern", _OPAQUE)
         gvar = self.builder.add_func(prim, "pattern_conv2d")
-        args = [data, relax.const(values), relax.const(offsets)]
+        if kernel.input_shape != tuple(int(d) for d in data.ty.shape):
+            data = relax.op.reshape(data, kernel.input_shape)  # a view, no copy
+        args = [data, relax.const(kernel.values), relax.const(kernel.offsets)]
         if bias is not None:
             args.append(relax.const(bias))
         plan.record.fused = (["bias"] if bias is not None else []) + (
             [_clip_name(clip)] if clip is not None else []
         )
-        out_ty = relax.TensorType((n, o, shape.out_height, shape.out_width), "float32")
-        return relax.call_tir(gvar, args, out_ty)
+        return relax.call_tir(gvar, args, relax.TensorType(kernel.output_shape, "float32"))
 
 
 def _bias_vector(const: tvm.ir.GenericConst, out_channels: int) -> np.ndarray | None:

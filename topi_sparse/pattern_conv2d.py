@@ -72,6 +72,15 @@ class PatternConvShape:
         top, _, bottom, _ = self.padding
         return self.height + top + bottom
 
+    def reads_input_directly(self, tile_w: int) -> bool:
+        """True when no padded copy is needed: the kernel then reads the input itself.
+
+        That is the case without padding when the register tiles' columns stay inside
+        the input row (typical of 1x1 convs, where a copy would cost as much as the conv);
+        the input is then passed flattened ``[N, C*H*W]`` (a free reshape in Relax).
+        """
+        return not any(self.padding) and self.padded_width(tile_w) == self.width
+
 
 def kernel_operands(
     row_ptr: np.ndarray,
@@ -110,7 +119,11 @@ def pattern_conv2d_nchw(
     with_bias: bool,
     clip: tuple[float | None, float | None] | None = None,
 ) -> list[te.Tensor]:
-    """Declare the pattern-sparse conv2d; returns ``[data, values, offsets, (bias,) out]``."""
+    """Declare the pattern-sparse conv2d; returns ``[data, values, offsets, (bias,) out]``.
+
+    ``data`` is ``[N, C, H, W]``, or ``[N, C*H*W]`` when
+    :meth:`PatternConvShape.reads_input_directly` (no padded copy is made then).
+    """
     n_, c_, h_, w_ = shape.batch, shape.in_channels, shape.height, shape.width
     v_, g_, e_ = shape.lanes, shape.groups, shape.entries
     top, left, _, _ = shape.padding
@@ -121,17 +134,20 @@ def pattern_conv2d_nchw(
     # wp covers acc's padded columns, so every read stays inside [0, C * Hp * Wp).
     flat = c_ * hp * wp
 
-    data = te.placeholder((n_, c_, h_, w_), "float32", name="data")
     values = te.placeholder((g_, e_, v_), "float32", name="values")
     offsets = te.placeholder((g_, e_), "int32", name="offsets")
+    if shape.reads_input_directly(tile_w):
+        data = pad = te.placeholder((n_, flat), "float32", name="data")
+    else:
+        data = te.placeholder((n_, c_, h_, w_), "float32", name="data")
 
-    def pad_value(n, i):
-        row, x = i // wp, i % wp
-        c, y = row // hp, row % hp
-        inside = tirx.all(y >= top, y < h_ + top, x >= left, x < w_ + left)
-        return tirx.if_then_else(inside, data[n, c, y - top, x - left], tirx.const(0.0, "float32"))
+        def pad_value(n, i):
+            row, x = i // wp, i % wp
+            c, y = row // hp, row % hp
+            inside = tirx.all(y >= top, y < h_ + top, x >= left, x < w_ + left)
+            return tirx.if_then_else(inside, data[n, c, y - top, x - left], tirx.const(0.0, "float32"))
 
-    pad = te.compute((n_, flat), pad_value, name="pad")
+        pad = te.compute((n_, flat), pad_value, name="pad")
     e = te.reduce_axis((0, e_), name="e")
     acc = te.compute(
         (n_, g_, oh_, owp, v_),

@@ -12,6 +12,7 @@ from tvm import relax
 
 from relay_passes import RewriteSparseConv2d, SparseLayerRecord, mcpruner_pipeline
 
+from .sparse_format import MIN_MAC_REDUCTION
 from .targets import TargetPreset, get_preset
 
 __all__ = ["CompiledModel", "SparseLayerRecord", "compile", "set_tvm_threads"]
@@ -94,7 +95,7 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     mod: tvm.IRModule,
     target: "str | TargetPreset" = "host",
     *,
-    min_mac_reduction: float = 1.25,
+    min_mac_reduction: float = MIN_MAC_REDUCTION,
     threads: int | None = None,
 ) -> CompiledModel:
     """Rewrite pruned convs into sparse kernels and build ``mod`` for a target preset.

@@ -28,7 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PatternSparseWeight", "pack_pattern_weights", "unpack_pattern_weights"]
+__all__ = ["MIN_MAC_REDUCTION", "PatternSparseWeight", "pack_pattern_weights", "unpack_pattern_weights"]
+
+# A layer whose packed form issues fewer than this many times fewer MACs than its dense
+# weight is not worth running (or pruning) sparse: the pruner leaves it dense and the
+# compiler runs it as a direct dense conv.
+MIN_MAC_REDUCTION = 1.25
 
 
 @dataclass(frozen=True, eq=False)

@@ -93,31 +93,25 @@ def _sparse_call(bb, x, in_shape, weight, *, preset=HOST, bias=None, clip=None, 
     """What the pass emits for one conv, written out from the public kernel API.
 
     Adds the scheduled PrimFunc (no global_symbol, op_pattern opaque) to ``bb`` and
-    returns ``R.call_tir(gv, (x, values, offsets[, bias]))``.
+    returns ``R.call_tir(gv, (x, values, offsets[, bias]))``, ``x`` reshaped to
+    ``[N, C*H*W]`` first when the kernel reads its input directly (no padding).
     """
-    n, c, h, w = in_shape
-    o, _, kh, kw = weight.shape
-    pad = _padding4(padding)
+    o = weight.shape[0]
     packed = pack_pattern_weights(weight, preset.vector_width)
-    lanes = packed.lanes
-    base = topi_sparse.PatternConvShape(n, c, h, w, o, (kh, kw), stride, pad, lanes, 1)
-    knobs = topi_sparse.default_pattern_conv_knobs(base.out_width, lanes)
     row_channel, row_tap = packed.row_channels_and_taps()
-    values, offsets = topi_sparse.kernel_operands(
-        packed.row_ptr, row_channel, row_tap, packed.values, kw,
-        base.padded_height(), base.padded_width(knobs.tile_w),
+    kernel = topi_sparse.build_pattern_conv2d(
+        in_shape, weight.shape, packed.row_ptr, row_channel, row_tap, packed.values,
+        stride=stride, padding=_padding4(padding), family=preset.family,
+        with_bias=bias is not None, clip=clip,
     )
-    shape = topi_sparse.PatternConvShape(n, c, h, w, o, (kh, kw), stride, pad, lanes, values.shape[1])
-    prim = topi_sparse.pattern_conv2d_primfunc(
-        shape, preset.family, with_bias=bias is not None, clip=clip, knobs=knobs
-    )
-    prim = prim.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
+    prim = kernel.func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
     gvar = bb.add_func(prim, "pattern_conv2d")
-    args = [x, relax.const(values), relax.const(offsets)]
+    if kernel.input_shape != tuple(in_shape):
+        x = bb.emit(relax.op.reshape(x, kernel.input_shape))
+    args = [x, relax.const(kernel.values), relax.const(kernel.offsets)]
     if bias is not None:
         args.append(relax.const(np.ascontiguousarray(bias.reshape(o))))
-    out_ty = relax.TensorType((n, o, shape.out_height, shape.out_width), "float32")
-    return relax.call_tir(gvar, args, out_ty)
+    return relax.call_tir(gvar, args, relax.TensorType(kernel.output_shape, "float32"))
 
 
 def _rewrite(mod: tvm.IRModule, target="host") -> tuple[tvm.IRModule, list[SparseLayerRecord]]:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import topi_sparse
 from topi_sparse import (
+    build_pattern_conv2d,
     PatternConvKnobs,
     PatternConvShape,
     UnsupportedTargetError,
@@ -57,25 +58,19 @@ def shape_for(n, c, h, w, o, kernel, stride, padding, lanes, entries=1):
 
 def build_and_run(x, w, bias, *, stride, padding, lanes, clip, knobs=None):
     """Pack ``w``, build the x86 kernel and run it; returns (output, PrimFunc, Executable)."""
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
     packed = pack_pattern_weights(w, lanes)
-    probe = shape_for(n, c, h, wd, o, (kh, kw), stride, padding, lanes)
-    knobs = knobs or default_pattern_conv_knobs(probe.out_width, lanes)
     row_channel, row_tap = packed.row_channels_and_taps()
-    values, offsets = kernel_operands(
-        packed.row_ptr, row_channel, row_tap, packed.values, kw,
-        probe.padded_height(), probe.padded_width(knobs.tile_w),
+    kernel = build_pattern_conv2d(
+        x.shape, w.shape, packed.row_ptr, row_channel, row_tap, packed.values, stride=stride,
+        padding=(padding,) * 4, family="x86", with_bias=bias is not None, clip=clip, knobs=knobs,
     )
-    shape = shape_for(n, c, h, wd, o, (kh, kw), stride, padding, lanes, values.shape[1])
-    func = pattern_conv2d_primfunc(shape, "x86", with_bias=bias is not None, clip=clip, knobs=knobs)
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=cpu_target())
+    lib = tvm.compile(tvm.IRModule({"main": kernel.func}), target=cpu_target())
     dev = tvm.cpu()
-    args = [x, values, offsets] + ([bias] if bias is not None else [])
+    args = [x.reshape(kernel.input_shape), kernel.values, kernel.offsets] + ([bias] if bias is not None else [])
     tensors = [tvm.runtime.tensor(a, dev) for a in args]
-    out = tvm.runtime.tensor(np.zeros((n, o, shape.out_height, shape.out_width), np.float32), dev)
+    out = tvm.runtime.tensor(np.zeros(kernel.output_shape, np.float32), dev)
     lib(*tensors, out)
-    return out.numpy(), func, lib
+    return out.numpy(), kernel.func, lib
 
 
 def torch_reference(x, w, bias, *, stride, padding, clip):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..sparse_format import MIN_MAC_REDUCTION, pack_pattern_weights
 from ..targets import TargetPreset, get_preset
 from .masks import aligned_pattern_mask, apply_mask, deepcopy_model, group_energy, kept_kernel_count
 from .patterns import select_library
@@ -16,18 +17,27 @@ __all__ = ["prune"]
 
 ExampleInput = torch.Tensor | Sequence[torch.Tensor]
 
+# The "library" of a 1x1 conv: its only tap, so choosing channels is connectivity pruning.
+_POINTWISE = torch.ones(1, 1, dtype=torch.bool)
+
+
+def _check_fraction(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a fraction in (0, 1], got {value!r}")
+
 
 def _check_args(
     model: nn.Module, target: str | TargetPreset, pattern_k: int, keep_kernels: float,
-    num_patterns: int, min_in_channels: int,
+    num_patterns: int, min_in_channels: int, keep_pointwise: float | None,
 ) -> TargetPreset:
     """Fail early with a message naming the bad argument (the preset lookup names unknown targets)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(pattern_k, bool) or not isinstance(pattern_k, int) or not 1 <= pattern_k <= 9:
         raise ValueError(f"pattern_k must be an int in 1..9 (taps kept of a 3x3 kernel), got {pattern_k!r}")
-    if isinstance(keep_kernels, bool) or not isinstance(keep_kernels, (int, float)) or not 0 < keep_kernels <= 1:
-        raise ValueError(f"keep_kernels must be a fraction in (0, 1], got {keep_kernels!r}")
+    _check_fraction("keep_kernels", keep_kernels)
+    if keep_pointwise is not None:
+        _check_fraction("keep_pointwise", keep_pointwise)
     if isinstance(num_patterns, bool) or not isinstance(num_patterns, int) or num_patterns < 1:
         raise ValueError(f"num_patterns must be an int >= 1, got {num_patterns!r}")
     if isinstance(min_in_channels, bool) or not isinstance(min_in_channels, int) or min_in_channels < 1:
@@ -35,11 +45,14 @@ def _check_args(
     return get_preset(target)
 
 
-def dense_reason(conv: nn.Conv2d, min_in_channels: int) -> str | None:
-    """Why ``conv`` is left dense, or None when it gets pattern pruning."""
+def dense_reason(conv: nn.Conv2d, min_in_channels: int, keep_pointwise: float = 1.0) -> str | None:
+    """Why ``conv`` is left dense, or None when it gets pruned (3x3: pattern + connectivity,
+    1x1: connectivity)."""
     kh, kw = conv.kernel_size
-    if (kh, kw) != (3, 3):
-        return f"kernel {kh}x{kw}: pattern pruning applies to 3x3"
+    if (kh, kw) == (1, 1) and keep_pointwise >= 1:
+        return "kernel 1x1 left dense (keep_pointwise=1)"
+    if (kh, kw) not in ((3, 3), (1, 1)):
+        return f"kernel {kh}x{kw}: pattern pruning applies to 3x3 (and connectivity to 1x1)"
     if conv.groups != 1:
         kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
         return f"groups={conv.groups} ({kind}) left dense"
@@ -85,31 +98,38 @@ def prune(
     *,
     inplace: bool = False,
     min_in_channels: int = 4,
+    keep_pointwise: float | None = None,
     example_input: ExampleInput | None = None,
 ) -> tuple[nn.Module, PruneReport]:
-    """Pattern- and connectivity-prune every eligible 3x3 conv, aligned to the target's vector width.
+    """Pattern- and connectivity-prune every eligible conv, aligned to the target's vector width.
 
-    Eligible: ``nn.Conv2d`` with a 3x3 kernel, ``groups == 1`` and
-    ``in_channels >= min_in_channels``; the rest stay dense and are listed in the report
-    with the reason. One pattern library of ``num_patterns`` ``pattern_k``-tap patterns
-    is chosen for the whole model (see :mod:`.patterns`); each group of V consecutive
-    filters (V = preset vector width) shares kept channels and patterns, and keeps
-    ``max(1, round(keep_kernels * C))`` input channels (see :mod:`.masks`).
+    Eligible: ``nn.Conv2d`` with ``groups == 1``, ``in_channels >= min_in_channels`` and
+    a 3x3 kernel (pattern + connectivity pruning) or a 1x1 kernel (connectivity pruning:
+    whole input channels per filter group; ``keep_pointwise`` sets their kept share,
+    default ``keep_kernels``, 1 leaves them dense). The rest stay dense and are listed
+    in the report with the reason. One pattern library of ``num_patterns``
+    ``pattern_k``-tap patterns is chosen for the whole model from its 3x3 layers (see
+    :mod:`.patterns`); each group of V consecutive filters (V = preset vector width)
+    shares kept channels and patterns, and keeps ``max(1, round(keep * C))`` input
+    channels (see :mod:`.masks`).
 
     Masks stay applied as ``torch.nn.utils.prune`` reparametrizations (fine-tune freely;
     :func:`~.masks.bake` before export). With ``inplace=False`` the model is deep-copied
     first. ``example_input`` (optional) makes the report count MACs per image instead
     of per output pixel.
     """
-    preset = _check_args(model, target, pattern_k, keep_kernels, num_patterns, min_in_channels)
+    preset = _check_args(model, target, pattern_k, keep_kernels, num_patterns, min_in_channels, keep_pointwise)
     if not inplace:
         model = deepcopy_model(model)
     lanes = preset.vector_width
+    keep_pointwise = keep_kernels if keep_pointwise is None else keep_pointwise
     convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    reasons = {name: dense_reason(conv, min_in_channels) for name, conv in convs.items()}
+    reasons = {name: dense_reason(conv, min_in_channels, keep_pointwise) for name, conv in convs.items()}
     eligible = [name for name, reason in reasons.items() if reason is None]
     energies = {name: group_energy(convs[name].weight, lanes) for name in eligible}
-    library = select_library(list(energies.values()), pattern_k, num_patterns)
+    library = select_library(
+        [e for name, e in energies.items() if convs[name].kernel_size == (3, 3)], pattern_k, num_patterns
+    )
 
     layers: list[LayerReport] = []
     usage = torch.zeros(len(library), dtype=torch.int64)
@@ -117,11 +137,23 @@ def prune(
         if reasons[name] is not None:
             layers.append(dense_layer_report(name, conv.weight, reasons[name]))
             continue
-        mask, pattern_ids = aligned_pattern_mask(conv.weight, library, lanes, keep_kernels, energies[name])
+        if conv.kernel_size == (1, 1):
+            keep = keep_pointwise
+            mask, pattern_ids = aligned_pattern_mask(conv.weight, _POINTWISE, lanes, keep, energies[name])
+            pattern_ids = torch.full_like(pattern_ids, -1)  # no pattern: a kept channel is one tap
+        else:
+            keep = keep_kernels
+            mask, pattern_ids = aligned_pattern_mask(conv.weight, library, lanes, keep, energies[name])
+        saved = _issued_mac_reduction(conv.weight.detach() * mask, lanes)
+        if saved < MIN_MAC_REDUCTION:  # e.g. fewer filters than lanes: padding lanes eat the gain
+            layers.append(dense_layer_report(name, conv.weight, (
+                f"left dense: aligned pruning would issue only {saved:.2f}x fewer MACs "
+                f"({conv.out_channels} filters in groups of {lanes})")))
+            continue
+        if conv.kernel_size != (1, 1):
+            usage += torch.bincount(pattern_ids[pattern_ids >= 0], minlength=len(library))
         apply_mask(conv, "weight", mask)
-        usage += torch.bincount(pattern_ids[pattern_ids >= 0], minlength=len(library))
-        keep = kept_kernel_count(conv.in_channels, keep_kernels)
-        layers.append(pruned_layer_report(name, conv.weight, lanes, pattern_ids, keep))
+        layers.append(pruned_layer_report(name, conv.weight, lanes, pattern_ids, kept_kernel_count(conv.in_channels, keep)))
 
     report = PruneReport(
         target=preset.name, vector_width=lanes, pattern_k=pattern_k, keep_kernels=float(keep_kernels),
@@ -132,6 +164,11 @@ def prune(
     if example_input is not None:
         _count_pixels(model, convs, example_input, report)
     return model, report
+
+
+def _issued_mac_reduction(weight: torch.Tensor, lanes: int) -> float:
+    """Dense over issued MACs of ``weight`` as the aligned kernel would run it."""
+    return pack_pattern_weights(weight.to("cpu", torch.float32).numpy(), lanes).mac_reduction
 
 
 def _count_pixels(model: nn.Module, convs: dict[str, nn.Conv2d], example_input: ExampleInput, report: PruneReport) -> None:

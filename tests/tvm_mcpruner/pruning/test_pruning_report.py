@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -46,7 +47,9 @@ def test_entries_reasons_and_format_counts():
     by_name = {layer.name: layer for layer in report.layers}
     assert by_name["0"].reason == "in_channels=3 < min_in_channels=4 (stem) left dense"
     assert by_name["4"].reason == "groups=20 (depthwise) left dense"
-    assert by_name["5"].reason == "kernel 1x1: pattern pruning applies to 3x3"
+    pointwise = by_name["5"]  # 1x1: connectivity only, half of the 20 channels per group
+    assert pointwise.pruned and pointwise.reason.startswith("10/20 channels kept")
+    assert pointwise.mac_reduction == 2.0 and pointwise.patterns_used == ()
     for name in ("2", "7"):
         layer = by_name[name]
         packed = pack_pattern_weights(pruned.get_submodule(name).weight.detach().numpy(), 4)
@@ -54,9 +57,23 @@ def test_entries_reasons_and_format_counts():
         assert layer.kept_kernels * 2 == layer.total_kernels
         assert layer.fill == 1.0 and set(layer.patterns_used) <= set(range(len(report.library)))
     assert not by_name["0"].pruned and by_name["0"].mac_reduction == 1.0
-    assert sum(report.library_usage) == sum(layer.stored_kernels for layer in report.pruned_layers)
+    patterned = [layer for layer in report.pruned_layers if layer.shape[2:] == (3, 3)]
+    assert sum(report.library_usage) == sum(layer.stored_kernels for layer in patterned)
     dense = sum(layer.dense_macs_per_pixel for layer in report.layers)
     assert report.dense_macs == dense and report.mac_reduction > 1.0
+
+
+def test_pointwise_keep_is_separate_and_can_leave_1x1_dense():
+    pruned, report = prune(build_model(), target="hikey970-cpu", keep_kernels=0.5, keep_pointwise=0.25)
+    by_name = {layer.name: layer for layer in report.layers}
+    assert by_name["5"].mac_reduction == 4.0 and by_name["2"].mac_reduction == 4.5
+    weight = pruned.get_submodule("5").weight.detach()
+    kept = weight.reshape(-1, 4, weight.shape[1]).ne(0).any(dim=1)  # [groups, C]
+    assert (kept.sum(dim=1) == 5).all(), "each group of 4 filters keeps 5 of 20 channels"
+    _, report = prune(build_model(), target="hikey970-cpu", keep_pointwise=1)
+    assert report.layers[3].reason == "kernel 1x1 left dense (keep_pointwise=1)"
+    with pytest.raises(ValueError, match="keep_pointwise"):
+        prune(build_model(), keep_pointwise=0)
 
 
 def test_per_image_macs_with_example_input():
