@@ -1,0 +1,85 @@
+"""benchmarks/layers.py: the layer list, the tuning ledger, and a --quick run end to end.
+
+These check that the pipeline works (files written, fields present, mcpruner output
+matches torch), never the speed: timings on a shared CI machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _load(name: str):
+    """Import benchmarks/<name>.py by path (benchmarks/ is a folder of scripts, not a package)."""
+    key = f"mcpruner_benchmarks_{name}"
+    if key not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(key, path)
+        sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[key])
+    return sys.modules[key]
+
+
+layers = _load("layers")
+common = layers.C  # benchmarks/_common.py, as the scripts import it
+
+
+def test_layer_list_is_derived_from_the_models_and_deduplicated():
+    found = layers.discover_layers(["3x3", "1x1"])
+    shapes = [(lay.suite, lay.shape) for lay in found]
+    assert len(shapes) == len(set(shapes))
+    labels = {(lay.suite, lay.shape.label) for lay in found}
+    assert ("3x3", "64->64 3x3/s1 @224x224") in labels            # VGG-16 conv1_2
+    assert ("3x3", "512->512 3x3/s1 @7x7") in labels               # ResNet-50 last stage
+    assert ("3x3", "128->128 3x3/s2 @56x56") in labels             # ResNet-50 strided 3x3
+    assert ("1x1", "320->1280 1x1/s1 @7x7") in labels              # MobileNetV2 last pointwise
+    assert ("1x1", "1024->2048 1x1/s2 @14x14") in labels           # ResNet-50 projection
+    assert all(lay.shape.cin >= layers.MIN_IN_CHANNELS for lay in found if lay.suite == "3x3")
+    repeated = next(lay for lay in found if lay.shape.label == "256->256 3x3/s1 @56x56")
+    assert [f.split(":")[0] for f in repeated.found_in] == ["vgg16", "vgg16"]  # conv3_2, conv3_3
+
+
+def test_tuning_ledger_skips_tasks_tuned_with_the_same_or_a_larger_budget(tmp_path):
+    shape = layers.ConvShape(16, 16, 8, 8, 3, 1, 1)
+    mod = layers.mcp.from_torch(layers.layer_module(shape), (layers.layer_input(shape),))
+    tuner = common.DenseTuner(8, root=tmp_path)
+    tasks = tuner.tasks(mod)
+    assert tasks and [missing for _, missing in tuner.pending(tasks)] == [8] * len(tasks)  # empty database
+    with tuner.ledger_path.open("a") as f:
+        for task in tasks:
+            f.write(json.dumps({"key": task.key, "task": task.name, "trials": 8}) + "\n")
+    assert tuner.pending(tasks) == []                                   # same budget: nothing to tune
+    assert common.DenseTuner(4, root=tmp_path).pending(tasks) == []     # smaller budget: nothing
+    bigger = common.DenseTuner(16, root=tmp_path).pending(tasks)
+    assert [missing for _, missing in bigger] == [8] * len(tasks)       # only the missing trials
+    assert tuner.db_dir == tmp_path / common.host_cpu_name() / "dense"
+
+
+@pytest.mark.slow
+def test_quick_run_writes_results_and_matches_torch(tmp_path):
+    out = tmp_path / "results"
+    payload = layers.main(["--quick", "--repeats", "1", "--out", str(out),
+                           "--autotune-root", str(tmp_path / "autotune_logs")])
+    saved = json.loads((out / "layers.json").read_text())
+    assert (out / "layers.md").read_text().startswith("# Layer benchmark")
+    for key in ("machine", "date", "command", "tune_trials_per_task", "peak", "wall_s", "targets", "layers"):
+        assert key in saved
+    assert saved["machine"]["threads"] == 2 and saved["tune_trials_per_task"] == 0
+    assert saved["peak"]["peak_gflops"] > 0
+    assert {r["suite"] for r in saved["layers"]} == {"3x3", "1x1"}
+    assert {r["sparsity"] for r in saved["layers"]} == {"A", "B"}
+    for r in saved["layers"]:
+        frameworks = [t["framework"] for t in r["timings"]]
+        assert frameworks == ["torch", "onnxruntime", "tvm-dense", "mcpruner"]
+        assert all(t["max_rel_error"] < 1e-4 for t in r["timings"]), r["layer"]
+        assert r["mac_reduction"] >= 1.0 and r["speedup_vs_fastest_dense"] > 0
+        assert 0 < r["nonzero_macs"] <= r["dense_macs"]
+    three = [r for r in saved["layers"] if r["suite"] == "3x3"]
+    assert {round(r["mac_reduction"], 2) for r in three} == {4.5, 9.0}  # 4-of-9 + 50% / 25% kept
+    assert set(saved["targets"]) == {"3x3_A", "3x3_B", "3x3_peak_pct", "1x1_4x"}
+    assert payload["layers"] == saved["layers"]
