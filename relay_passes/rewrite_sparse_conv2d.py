@@ -67,6 +67,10 @@ class RewriteSparseConv2d:
     ``R.call_tir(pattern_conv2d_<i>, (x, values, offsets[, bias]))`` whose PrimFunc is
     scheduled for the target family, with bias and activation fused.
 
+    A ``relax.matmul(x, <const [C, O]>)`` on a 2-D ``x`` (a Linear / Gemm layer) is first
+    rewritten as ``reshape(conv2d(reshape(x, [N, C, 1, 1]), W^T as [O, C, 1, 1]), [N, O])``
+    and then handled like any 1x1 conv; its record is named ``dense_<i>``.
+
     A conv whose weight shows less than ``min_mac_reduction`` still runs our kernel as a
     direct dense conv (``sparse=False``); a conv that does not match stays ``relax.nn.conv2d``.
     Either way the reason is logged and kept in :attr:`records`, one per conv2d.
@@ -84,7 +88,8 @@ class RewriteSparseConv2d:
         for gvar, func in mod.functions_items():
             if not isinstance(func, relax.Function) or _is_primitive(func):
                 continue
-            plans = self._plan_function(func)
+            func, dense_weights = _dense_as_conv2d(func)
+            plans = self._plan_function(func, dense_weights)
             if not plans:
                 continue
             rewriter = _Rewriter(builder, plans, self.preset)
@@ -94,7 +99,7 @@ class RewriteSparseConv2d:
             builder.update_func(gvar, func)
         return relax.transform.DeadCodeElimination()(builder.get())
 
-    def _plan_function(self, func: relax.Function) -> dict[tuple, _Plan]:
+    def _plan_function(self, func: relax.Function, dense_weights: set) -> dict[tuple, _Plan]:
         """Decide every conv2d of ``func`` in model order; keyed by :func:`_conv_key`."""
         plans: dict[tuple, _Plan] = {}
         convs: list[relax.Call] = []
@@ -102,13 +107,38 @@ class RewriteSparseConv2d:
             func, lambda e: convs.append(e) if isinstance(e, relax.Call) and e.op.same_as(_CONV2D) else None
         )
         for conv in convs:
-            name = f"conv2d_{len(self.records)}"
+            kind = "dense" if conv.args[1] in dense_weights else "conv2d"
+            name = f"{kind}_{len(self.records)}"
             record, packed = _decide(conv, name, self.preset, self.min_mac_reduction)
             self.records.append(record)
             logger.info("RewriteSparseConv2d: %s", record)
             if packed is not None:
                 plans[_conv_key(conv)] = _Plan(record, packed)
         return plans
+
+
+def _dense_as_conv2d(func: relax.Function) -> tuple[relax.Function, set]:
+    """Rewrite ``matmul(x[N, C], W[C, O] const)`` as a 1x1 conv2d on ``x`` viewed ``[N, C, 1, 1]``.
+
+    Returns the new function and the weight constants created (to name their records).
+    Only float32, static shapes; anything else is left as it is.
+    """
+    created = set()
+
+    def rewrite(expr: relax.Expr, matches) -> relax.Expr:
+        data, weight = expr.args
+        if not (_is_static_tensor(data) and len(data.ty.shape) == 2 and len(weight.ty.shape) == 2):
+            return expr
+        if data.ty.dtype != "float32" or weight.ty.dtype != "float32":
+            return expr
+        (n, c), o = (int(d) for d in data.ty.shape), int(weight.ty.shape[1])
+        as_conv = relax.const(np.ascontiguousarray(weight.value.numpy().T.reshape(o, c, 1, 1)))
+        created.add(as_conv)
+        conv = relax.op.nn.conv2d(relax.op.reshape(data, (n, c, 1, 1)), as_conv, out_dtype="float32")
+        return relax.op.reshape(conv, (n, o))
+
+    pattern = is_op("relax.matmul")(wildcard(), is_const())
+    return rewrite_call(pattern, rewrite, func), created
 
 
 def _conv_key(conv: relax.Call) -> tuple:

@@ -436,3 +436,39 @@ def test_conv_whose_value_is_used_twice_runs_once():
     bias = _input((1, O, 1, 1), seed=18)
     after, _ = _rewrite(_multi_use_module(weight, bias))
     assert len(_calls_of(after, "relax.call_tir")) == 1
+
+
+# --------------------------------------------------------------------------- Linear layers
+
+
+def _pruned_mlp(batch: int):
+    torch.manual_seed(21)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 10)).eval()
+    x = torch.randn(batch, 3, 4, 4)
+    pruned, report = mcp.prune(model, target="host", keep_linear=0.25, min_in_channels=4)
+    return pruned, report, x
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_linear_with_constant_weight_runs_as_sparse_1x1(batch):
+    pruned, report, x = _pruned_mlp(batch)
+    mod = mcp.from_torch(pruned, (x,))
+    after, records = _rewrite(relax.transform.FoldConstant()(mod))
+    assert [r.name for r in records] == ["dense_0", "dense_1"]
+    assert [r.weight_shape for r in records] == [(40, 48, 1, 1), (10, 40, 1, 1)]
+    # 40 filters = 3 groups of 16 (the last 8 wide): 0.25 of 48 features kept per group
+    assert records[0].sparse and records[0].mac_reduction == pytest.approx(48 * 40 / (48 * 48 / 4))
+    assert [r.sparse for r in records] == [layer.pruned for layer in report.layers]
+    assert not _calls_of(after, "relax.matmul") and not _calls_of(after, "relax.nn.conv2d")
+    with torch.no_grad():
+        ref = pruned(x).numpy()
+    assert_close(_run(after, x.numpy()), ref)
+
+
+def test_matmul_with_a_non_constant_weight_is_left_alone():
+    def body(bb, x):
+        return relax.op.matmul(x, relax.op.permute_dims(x))
+
+    before = _module((4, 8), body)
+    after, records = _rewrite(before)
+    assert records == [] and _calls_of(after, "relax.matmul")

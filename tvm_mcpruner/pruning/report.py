@@ -59,7 +59,8 @@ def pruned_layer_report(
 ) -> LayerReport:
     """Report a pattern-pruned layer from the packed form of its final (masked) weight."""
     o, c = weight.shape[:2]
-    packed = pack_pattern_weights(weight.detach().to("cpu", torch.float32).numpy(), lanes)
+    as_conv = weight.detach().to("cpu", torch.float32).reshape(o, c, -1, 1)  # Linear: a 1x1 conv
+    packed = pack_pattern_weights(as_conv.numpy(), lanes)
     group_sizes = np.minimum(lanes, o - lanes * np.arange(packed.num_groups))
     kept = int((np.diff(packed.group_ptr) * group_sizes).sum())
     used = tuple(int(i) for i in torch.unique(pattern_ids[pattern_ids >= 0]).tolist())

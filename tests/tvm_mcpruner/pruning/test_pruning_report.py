@@ -76,6 +76,21 @@ def test_pointwise_keep_is_separate_and_can_leave_1x1_dense():
         prune(build_model(), keep_pointwise=0)
 
 
+def test_linear_layers_are_pruned_only_with_keep_linear():
+    model = nn.Sequential(build_model(), nn.Flatten(), nn.Linear(512, 24), nn.ReLU(), nn.Linear(24, 3))
+    _, report = prune(model, target="hikey970-cpu")
+    assert all(len(layer.shape) == 4 for layer in report.layers), "Linear untouched by default"
+    pruned, report = prune(model, target="hikey970-cpu", keep_linear=0.25, example_input=torch.randn(2, 3, 8, 8))
+    fc1, fc2 = report.layers[-2:]
+    assert fc1.name == "2" and fc1.shape == (24, 512) and fc1.pruned and fc1.mac_reduction == 4.0
+    assert fc1.output_pixels == 1 and fc1.patterns_used == ()
+    weight = pruned.get_submodule("2").weight.detach()
+    kept = weight.reshape(6, 4, 512).ne(0).any(dim=1)
+    assert (kept.sum(dim=1) == 128).all(), "each group of 4 outputs keeps 128 of 512 features"
+    # 3 outputs in one group of 4 lanes: 3 * 24 dense MACs, 4 lanes * 6 kept features issued
+    assert fc2.pruned and fc2.mac_reduction == pytest.approx(3 * 24 / (4 * 6))
+
+
 def test_per_image_macs_with_example_input():
     model = build_model().train()
     _, report = prune(model, target="hikey970-cpu", example_input=torch.randn(1, 3, 8, 8))
