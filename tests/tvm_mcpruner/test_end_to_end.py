@@ -66,10 +66,14 @@ def _convs(model: nn.Module) -> list[nn.Conv2d]:
 
 
 def _check_records(cm, pruned: nn.Module, report, family: str) -> None:
-    records = cm.sparse_layers
-    convs = _convs(pruned)
-    assert len(records) == len(convs) == len(report.layers)
-    assert [r.name for r in records] == [f"conv2d_{i}" for i in range(len(convs))]
+    convs, linears = _convs(pruned), [m for m in pruned.modules() if isinstance(m, nn.Linear)]
+    assert len(cm.sparse_layers) == len(convs) + len(linears) and len(report.layers) == len(convs)
+    n = len(convs)  # the classifier (not pruned by default) comes last, run as a 1x1 conv
+    assert [r.name for r in cm.sparse_layers] == [f"conv2d_{i}" for i in range(n)] + [
+        f"dense_{n + i}" for i in range(len(linears))
+    ]
+    assert not any(r.sparse for r in cm.sparse_layers[n:])
+    records = cm.sparse_layers[:n]
     for r in records:
         assert isinstance(r.name, str) and isinstance(r.sparse, bool)
         assert isinstance(r.reason, str) and r.reason
@@ -150,7 +154,8 @@ def test_onnx_path_matches_torch_and_onnxruntime(family, size, batch, onnx_compi
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (ort_y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert_close(y, ort_y)
-    assert len(cm.sparse_layers) == len(_convs(pruned))
+    linears = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
+    assert len(cm.sparse_layers) == len(_convs(pruned)) + len(linears)  # + the classifier
 
 
 @pytest.mark.parametrize("family", FAMILIES)
