@@ -291,6 +291,19 @@ class DenseTuner:
             done.append(self._tune_one(task, missing, log_dir))
         return done
 
+    def tune_and_report(self, tasks: Sequence[TuningTask], tune: bool = True) -> dict[str, Any]:
+        """Tune what is pending (unless ``tune`` is False), then say what the database holds."""
+        distinct = {task.key: task for task in tasks}
+        if self.trials_per_task:
+            pending = self.pending(distinct.values())
+            print(f"TVM dense: {len(distinct)} distinct tasks, {len(pending)} short of "
+                  f"{self.trials_per_task} trials ({'tuning them' if tune else '--no-tune: used as they are'})",
+                  flush=True)
+        tuned = self.tune(list(distinct.values())) if tune else []
+        short = [{"task": task.name, "key": task.key, "trials_done": self.trials_per_task - missing}
+                 for task, missing in (self.pending(distinct.values()) if self.trials_per_task else [])]
+        return {"tasks": len(distinct), "tuned_this_run": tuned, "short_of_budget": short}
+
     def _tune_one(self, task: TuningTask, trials: int, log_dir: Path) -> dict[str, Any]:
         from tvm.s_tir import meta_schedule as ms
 
@@ -364,8 +377,9 @@ def mcpruner_build(mod: tvm.IRModule, x: np.ndarray, threads: int) -> SparseBuil
     return SparseBuild(lambda: main(arg), compiled, compile_s)
 
 
-def nonzero_conv_macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    """(dense, non-zero) conv + linear MACs of one forward pass, counted from the weights."""
+def nonzero_conv_macs(model: nn.Module, x: torch.Tensor,
+                      kinds: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> tuple[int, int]:
+    """(dense, non-zero) MACs of the ``kinds`` layers in one forward pass, from the weights."""
     dense = nonzero = 0
     handles = []
 
@@ -378,7 +392,7 @@ def nonzero_conv_macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
         nonzero += int(torch.count_nonzero(weight)) * pixels * batch
 
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, kinds):
             handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -444,7 +458,7 @@ def _tvm_fma_gflops(threads: int, repeats: int, iterations: int = 200_000) -> fl
 
 
 # ----------------------------------------------------------------------------- results
-def run_info(threads: int, tuner: DenseTuner, repeats: int) -> dict[str, Any]:
+def run_info(threads: int, tuner: DenseTuner, repeats: int, tuning: dict[str, Any]) -> dict[str, Any]:
     """Machine, versions, command line and settings of this run."""
     import onnxruntime
 
@@ -462,8 +476,11 @@ def run_info(threads: int, tuner: DenseTuner, repeats: int) -> dict[str, Any]:
         "repeats": repeats,
         "timing": "median over repeats of the mean of N back-to-back calls (N: >= 50 ms per repeat), "
                   "after warm-up; Python call overhead included for every framework alike",
-        "tvm_dense": tuner.describe(),
+        "tvm_dense": tuner.describe() + (
+            f"; {len(tuning['short_of_budget'])} of {tuning['tasks']} tasks short of the budget "
+            "(see tuning.short_of_budget)" if tuning["short_of_budget"] else ""),
         "tune_trials_per_task": tuner.trials_per_task,
+        "tuning": tuning,
     }
 
 

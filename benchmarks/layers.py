@@ -9,8 +9,8 @@ by (C, O, H, W, k, stride, pad)). The dense frameworks run the unpruned layer (i
 does not depend on the values); mcpruner runs the layer pruned by ``mcp.prune`` at each
 sparsity, checked against torch on the same pruned weights.
 
-  sparsity A: pattern_k=4 (4-of-9 taps) + keep_kernels=0.5   (3x3: 4.5x fewer MACs; 1x1: 2x)
-  sparsity B: pattern_k=4 (4-of-9 taps) + keep_kernels=0.25  (3x3: 9x;              1x1: 4x)
+  sparsity A: pattern_k=4 (4-of-9 taps) + keep_kernels=keep_pointwise=0.5   (3x3: 4.5x fewer MACs; 1x1: 2x)
+  sparsity B: pattern_k=4 (4-of-9 taps) + keep_kernels=keep_pointwise=0.25  (3x3: 9x;              1x1: 4x)
 
 The MAC reduction reported is what the compiled kernel achieved (``sparse_layers``
 records), never assumed; GFLOP/s count non-zero work (2 x non-zero weights x output
@@ -177,8 +177,9 @@ def dense_runners(layer: SuiteLayer, tuner: C.DenseTuner, threads: int, workdir:
 def sparse_case(layer: SuiteLayer, name: str, threads: int) -> SparseCase:
     """The layer pruned by ``mcp.prune`` at sparsity ``name`` and compiled by ``mcp.compile``."""
     model, x = layer_module(layer.shape), layer_input(layer.shape)
-    pruned, _report = mcp.prune(model, target="host", pattern_k=PATTERN_K, keep_kernels=SPARSITIES[name],
-                                min_in_channels=MIN_IN_CHANNELS, example_input=x)
+    keep = SPARSITIES[name]
+    pruned, _report = mcp.prune(model, target="host", pattern_k=PATTERN_K, keep_kernels=keep,
+                                keep_pointwise=keep, min_in_channels=MIN_IN_CHANNELS, example_input=x)
     pruned = bake(pruned).eval()
     dense_macs, nonzero_macs = C.nonzero_conv_macs(pruned, x)
     build = C.mcpruner_build(mcp.from_torch(pruned, (x,)), x.numpy(), threads)
@@ -304,6 +305,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MetaSchedule trials per task for TVM dense (0 = untuned; default 64, "
                         "0 with --quick)")
     p.add_argument("--tune-only", action="store_true", help="fill the tuning database, measure nothing")
+    p.add_argument("--no-tune", action="store_true",
+                   help="use the tuning database as it is (tasks short of the budget are listed in the results)")
     p.add_argument("--quick", action="store_true", help="3 small layers, untuned TVM unless --tune-trials")
     p.add_argument("--limit", type=int, default=None, help="only the first N layers (debugging)")
     p.add_argument("--autotune-root", type=Path, default=C.REPO_ROOT / "autotune_logs")
@@ -325,12 +328,10 @@ def selected_layers(args: argparse.Namespace) -> list[SuiteLayer]:
     return layers[: args.limit] if args.limit else layers
 
 
-def tune_layers(layers: list[SuiteLayer], tuner: C.DenseTuner) -> list[dict[str, Any]]:
-    tasks = [task for layer in layers
-             for task in tuner.tasks(mcp.from_torch(layer_module(layer.shape), (layer_input(layer.shape),)))]
-    pending = tuner.pending(tasks) if tuner.trials_per_task else []
-    print(f"TVM dense: {len(tasks)} tasks, {len(pending)} to tune ({tuner.describe()})", flush=True)
-    return tuner.tune(tasks)
+def layer_tasks(layers: list[SuiteLayer], tuner: C.DenseTuner) -> list[C.TuningTask]:
+    """The TVM dense MetaSchedule tasks of the layer modules."""
+    return [task for layer in layers
+            for task in tuner.tasks(mcp.from_torch(layer_module(layer.shape), (layer_input(layer.shape),)))]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -342,9 +343,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tuner = C.DenseTuner(args.tune_trials, args.autotune_root, threads=args.threads)
     layers = selected_layers(args)
     print(f"{len(layers)} layers: " + "; ".join(f"{lay.suite} {lay.shape.label}" for lay in layers), flush=True)
-    tuned = tune_layers(layers, tuner)
+    tasks = layer_tasks(layers, tuner) if args.tune_trials else []
+    tuning = tuner.tune_and_report(tasks, tune=not args.no_tune)
     if args.tune_only:
-        return {"tuned": tuned}
+        return tuning
     C.setup(args.threads, args.verbose)
     peak = C.measure_peak(args.threads, repeats=max(args.repeats, 3))
     print(f"peak: {peak}", flush=True)
@@ -354,11 +356,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows += layer_results(layer, sparsities, tuner, args.threads, args.repeats, peak["peak_gflops"])
     summary = summarize(rows)
     wall_s = time.perf_counter() - start
-    info = C.run_info(args.threads, tuner, args.repeats)
+    info = C.run_info(args.threads, tuner, args.repeats, tuning)
     payload = {**info, "wall_s": round(wall_s, 1), "peak": peak, "quick": args.quick,
                "sparsities": {k: {"pattern_k": PATTERN_K, "keep_kernels": SPARSITIES[k]} for k in sparsities},
-               "layer_module": "conv (with bias) + ReLU, batch 1", "targets": summary, "layers": rows,
-               "tuning_this_run": tuned}
+               "layer_module": "conv (with bias) + ReLU, batch 1", "targets": summary, "layers": rows}
     text = markdown(info, peak, rows, summary, wall_s)
     json_path, md_path = C.write_results(args.out, "layers", payload, text)
     print(text.split("## Per layer")[0])

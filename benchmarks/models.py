@@ -7,8 +7,9 @@ the *same pruned weights* (the dense frameworks run them dense).
   VGG-16:    4-of-9 patterns + keep_kernels 0.28125 (9/32) -> 2.25 x 3.56 = 8x fewer 3x3 MACs
   ResNet-50: 4-of-9 patterns + keep_kernels 0.5             -> 4.5x fewer 3x3 MACs
 
-(``mcp.prune`` also prunes whatever else it supports, e.g. 1x1 convs, at the same
-keep share; the MAC reductions reported are the achieved ones.) Weights are random
+1x1 convs get ``mcp.prune``'s connectivity pruning at ``--keep-pointwise`` (default: the
+keep_kernels share, i.e. 2x fewer on ResNet-50's 1x1s), Linear layers stay dense unless
+``--keep-linear`` is given; the MAC reductions reported are the achieved ones. Weights are random
 (seeded); BatchNorm statistics are set from one forward pass of the pruned model on
 random inputs, so activations keep a trained network's scale (no vanishing values,
 no denormals). Also reported: weight bytes, dense fp32 vs the packed operands, and a
@@ -26,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ class ModelCase:
     keep_kernels: float
     goal_speedup: float
     kwargs: tuple[tuple[str, Any], ...] = ()
+    keep_pointwise: float | None = None  # 1x1 convs' kept share (None: mcp.prune's default, keep_kernels)
+    keep_linear: float | None = None  # Linear layers' kept share (None: left dense)
 
     @property
     def three_by_three_reduction(self) -> float:
@@ -89,6 +92,7 @@ def prepare(case: ModelCase, size: int, width: float) -> tuple[nn.Module, torch.
     model = mcp.models.get_model(case.name, num_classes=1000, **kwargs).eval()
     x = torch.randn(1, 3, size, size)
     pruned, report = mcp.prune(model, target="host", pattern_k=PATTERN_K, keep_kernels=case.keep_kernels,
+                               keep_pointwise=case.keep_pointwise, keep_linear=case.keep_linear,
                                min_in_channels=MIN_IN_CHANNELS, example_input=x)
     calibrate_batch_norm(pruned, size)
     return bake(pruned).eval(), x, report
@@ -220,6 +224,7 @@ def run_model(case: ModelCase, size: int, width: float, tuner: C.DenseTuner, thr
     model, x, report = prepare(case, size, width)
     mod = mcp.from_torch(model, (x,))
     dense_macs, nonzero_macs = C.nonzero_conv_macs(model, x)
+    conv_dense_macs, conv_nonzero_macs = C.nonzero_conv_macs(model, x, (nn.Conv2d,))
     xn = x.numpy()
     with torch.no_grad():
         ref = model(x).numpy()
@@ -246,10 +251,12 @@ def run_model(case: ModelCase, size: int, width: float, tuner: C.DenseTuner, thr
     records = build.compiled.sparse_layers
     return {
         "model": case.name, "input": list(x.shape), "pattern_k": PATTERN_K, "keep_kernels": case.keep_kernels,
+        "keep_pointwise": case.keep_pointwise, "keep_linear": case.keep_linear,
         "model_kwargs": dict(case.kwargs), "width": width,
         "conv_3x3_mac_reduction_nominal": case.three_by_three_reduction,
         "prune_report_mac_reduction": report.mac_reduction,
         "dense_macs": dense_macs, "nonzero_macs": nonzero_macs, "nonzero_reduction": dense_macs / max(nonzero_macs, 1),
+        "conv_nonzero_reduction": conv_dense_macs / max(conv_nonzero_macs, 1),
         "sparse_layers": sum(r.sparse for r in records), "conv_layers": len(records),
         "layer_records": [{"name": r.name, "weight_shape": list(r.weight_shape), "sparse": r.sparse,
                            "kernel": r.kernel, "mac_reduction": r.mac_reduction, "reason": r.reason}
@@ -275,8 +282,12 @@ def markdown(info: dict[str, Any], peak: dict[str, Any], results: list[dict[str,
              "## Targets", ""]
     for r in results:
         state = "**reached**" if r["reached"] else f"**missed** by {r['short_by_pct']}%"
-        lines.append(f"- {r['model']} (3x3 MACs {r['conv_3x3_mac_reduction_nominal']:.2f}x fewer, "
-                     f"whole model {r['nonzero_reduction']:.2f}x fewer non-zero MACs): "
+        pointwise = r["keep_pointwise"] if r["keep_pointwise"] is not None else r["keep_kernels"]
+        lines.append(f"- {r['model']} (keep_kernels {r['keep_kernels']:.4g}, 1x1 keep {pointwise:.4g}, "
+                     f"Linear {'keep ' + format(r['keep_linear'], '.4g') if r['keep_linear'] else 'dense'}; "
+                     f"3x3 MACs {r['conv_3x3_mac_reduction_nominal']:.2f}x fewer, "
+                     f"all convs {r['conv_nonzero_reduction']:.2f}x, whole model {r['nonzero_reduction']:.2f}x "
+                     "fewer non-zero MACs): "
                      f"{r['speedup_vs_fastest_dense']:.2f}x over {r['fastest_dense']} vs goal "
                      f"{r['goal_speedup']}x: {state}")
     headers = ["model", "input", "dense GMAC", "MAC red. (non-zero)", "sparse convs", "torch ms", "ORT ms",
@@ -331,7 +342,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tune-trials", type=int, default=None,
                    help="MetaSchedule trials per task for TVM dense (0 = untuned; default 64, 0 with --quick)")
     p.add_argument("--tune-only", action="store_true", help="fill the tuning database, measure nothing")
+    p.add_argument("--no-tune", action="store_true",
+                   help="use the tuning database as it is (tasks short of the budget are listed in the results)")
     p.add_argument("--quick", action="store_true", help="width-1/4 models at 64x64, untuned TVM (CI smoke run)")
+    p.add_argument("--keep-pointwise", type=float, default=None,
+                   help="kept share of 1x1 convs (default: each model's keep_kernels)")
+    p.add_argument("--keep-linear", type=float, default=None, help="kept share of Linear layers (default: dense)")
     p.add_argument("--size", type=int, default=None, help="input height/width (default 224; 64 with --quick)")
     p.add_argument("--autotune-root", type=Path, default=C.REPO_ROOT / "autotune_logs")
     p.add_argument("--out", type=Path, default=C.REPO_ROOT / "benchmarks" / "results")
@@ -353,24 +369,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     C.setup(args.threads, args.verbose)
     tuner = C.DenseTuner(args.tune_trials, args.autotune_root, threads=args.threads)
-    cases = [CASES[m] for m in args.model_list]
-    if args.tune_trials:
-        tasks = [t for case in cases for t in model_tasks(case, args.size, args.width, tuner)]
-        print(f"TVM dense: {len(tasks)} tasks, {len(tuner.pending(tasks))} to tune ({tuner.describe()})", flush=True)
-        tuned = tuner.tune(tasks)
-    else:
-        tuned = []
+    cases = [replace(CASES[m], keep_pointwise=args.keep_pointwise, keep_linear=args.keep_linear)
+             for m in args.model_list]
+    tasks = [t for case in cases for t in model_tasks(case, args.size, args.width, tuner)] if args.tune_trials else []
+    tuning = tuner.tune_and_report(tasks, tune=not args.no_tune)
     if args.tune_only:
-        return {"tuned": tuned}
+        return tuning
     C.setup(args.threads, args.verbose)
     peak = C.measure_peak(args.threads, repeats=max(args.repeats, 3))
     print(f"peak: {peak}", flush=True)
     results = [run_model(case, args.size, args.width, tuner, args.threads, args.repeats, peak["peak_gflops"])
                for case in cases]
     wall_s = time.perf_counter() - start
-    info = C.run_info(args.threads, tuner, args.repeats)
-    payload = {**info, "wall_s": round(wall_s, 1), "peak": peak, "quick": args.quick, "models": results,
-               "tuning_this_run": tuned}
+    info = C.run_info(args.threads, tuner, args.repeats, tuning)
+    payload = {**info, "wall_s": round(wall_s, 1), "peak": peak, "quick": args.quick, "models": results}
     text = markdown(info, peak, results, wall_s)
     json_path, md_path = C.write_results(args.out, "models", payload, text)
     print(text.split("## Where the time goes")[0])
