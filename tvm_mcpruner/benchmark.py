@@ -179,7 +179,7 @@ def compare_frameworks(
 
     facts = {
         "sparse_layers": cm.num_sparse_layers,
-        "conv_layers": len(cm.sparse_layers),
+        "layers": len(cm.sparse_layers),
         "mcpruner_compile_s": round(compile_s, 2),
         "target": preset.name,
         "target_description": preset.description,

@@ -82,7 +82,7 @@ def _summary(result: ComparisonResult) -> str:
         result.table(),
         "",
         f"conv MAC reduction: {f['conv_mac_reduction']:.2f}x  "
-        f"sparse layers: {f['sparse_layers']} of {f['conv_layers']} convs "
+        f"sparse layers: {f['sparse_layers']} of {f['layers']} conv/dense layers "
         f"(pruned by the helper: {f['pruned_layers']})",
         f"mcpruner compile: {f['mcpruner_compile_s']:.1f} s; demo wall time: {f['wall_s']:.1f} s",
         "tvm-dense is TVM's default pipeline without tuning (no schedules for conv2d).",
