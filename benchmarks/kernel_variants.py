@@ -1,0 +1,164 @@
+"""How much could weight-specialised code generation save over index buffers? (issue 3)
+
+Our kernel reads each (kept kernel, tap) entry's input offset from an ``offsets`` buffer:
+one scalar load per entry, amortised over a register tile of ``tile_w`` FMAs. Baking
+the offsets into the generated code (PatDNN's per-pattern code) removes that load. This
+benchmark bounds the gain from above: the *ablation* variant computes every offset from
+a closed form of the entry index, so it has no index load at all and walks the input in
+the friendliest order; its outputs are wrong by construction and it only exists here.
+Fully weight-specialised code (every offset an immediate) is not an option: a 512x512
+layer would unroll into ~460k FMA instructions (DESIGN.md: "specialise on patterns and
+groups, not on every weight").
+
+Usage::
+
+    python benchmarks/kernel_variants.py [--threads 2] [--repeats 7] [--out benchmarks/results]
+
+Writes ``kernel_variants.json`` + ``.md``: per layer, ms of both variants (interleaved
+medians, same threads) and the headroom ``index ms / ablation ms``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402  (puts the repository on sys.path)
+import numpy as np  # noqa: E402
+import tvm  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from tvm import te, tirx  # noqa: E402
+
+import topi_sparse  # noqa: E402
+from topi_sparse.x86 import schedule_pattern_conv2d_cpu  # noqa: E402
+from tvm_mcpruner.sparse_format import pack_pattern_weights  # noqa: E402
+
+# (C, O, H=W, stride): the distinct 3x3 layers of ResNet-50 and of VGG-16 beyond its stem
+LAYERS = [(64, 64, 56, 1), (128, 128, 56, 2), (128, 128, 28, 1), (256, 256, 28, 2),
+          (256, 256, 14, 1), (512, 512, 14, 2), (512, 512, 7, 1), (128, 128, 112, 1),
+          (256, 256, 56, 1), (512, 512, 28, 1)]
+PATTERN_TAPS = 4
+KEEP = 0.5
+
+
+def aligned_weight(rng: np.random.Generator, o: int, c: int, lanes: int) -> np.ndarray:
+    """A 3x3 weight with the pruner's structure: per filter group, KEEP of the channels,
+    each with a 4-tap pattern that contains the centre."""
+    w = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+    others = [0, 1, 2, 3, 5, 6, 7, 8]
+    for g in range(0, o, lanes):
+        mask = np.zeros((c, 9), bool)
+        for ch in rng.choice(c, max(1, round(KEEP * c)), replace=False):
+            mask[ch, [4, *rng.choice(others, PATTERN_TAPS - 1, replace=False)]] = True
+        w[g:g + lanes] *= mask.reshape(c, 3, 3)
+    return w
+
+
+def ablation_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc:
+    """The same compute and schedule, offsets from a closed form instead of a buffer."""
+    shape, tile = kernel.shape, kernel.knobs.tile_w
+    n_, c_, h_, w_ = shape.batch, shape.in_channels, shape.height, shape.width
+    v_, g_, e_, s = shape.lanes, shape.groups, shape.entries, shape.stride
+    hp, wp = shape.padded_height(), shape.padded_width(tile)
+    oh_, owp = shape.out_height, -(-shape.out_width // tile) * tile
+    top, left = shape.padding[:2]
+    data = te.placeholder((n_, c_, h_, w_), "float32", name="data")
+    values = te.placeholder((g_, e_, v_), "float32", name="values")
+    offsets = te.placeholder((g_, e_), "int32", name="offsets")  # unused: same signature
+
+    def pad_value(n, i):
+        row, x = i // wp, i % wp
+        c, y = row // hp, row % hp
+        inside = tirx.all(y >= top, y < h_ + top, x >= left, x < w_ + left)
+        return tirx.if_then_else(inside, data[n, c, y - top, x - left], tirx.const(0.0, "float32"))
+
+    pad = te.compute((n_, c_ * hp * wp), pad_value, name="pad")
+    e = te.reduce_axis((0, e_), name="e")
+
+    def offset(e):  # channel e // 4, taps (0,0) (0,1) (1,0) (1,1): in bounds, no load
+        return (e // PATTERN_TAPS % c_) * (hp * wp) + (e % 4) // 2 * wp + e % 2
+
+    acc = te.compute(
+        (n_, g_, oh_, owp, v_),
+        lambda n, g, oh, ow, v: te.sum(values[g, e, v] * pad[n, offset(e) + oh * (s * wp) + ow * s], axis=e),
+        name="acc",
+    )
+    out = te.compute((n_, shape.out_channels, oh_, shape.out_width),
+                     lambda n, o, oh, ow: acc[n, o // v_, oh, ow, o % v_], name="out")
+    func = te.create_prim_func([data, values, offsets, out])
+    func = func.with_attr("mcpruner.padded_width", wp)
+    return schedule_pattern_conv2d_cpu(func, kernel.knobs)
+
+
+def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats: int) -> dict:
+    rng = np.random.default_rng(c * 1000 + size)
+    lanes = _common.mcp.get_preset("host").vector_width
+    w = aligned_weight(rng, o, c, lanes)
+    packed = pack_pattern_weights(w, lanes)
+    kernel = topi_sparse.build_pattern_conv2d(
+        (1, c, size, size), w.shape, packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
+        stride=stride, padding=(1, 1, 1, 1), family="x86",
+    )
+    target = _common.host_target()
+    x = rng.standard_normal((1, c, size, size)).astype(np.float32)
+    dev = tvm.cpu()
+    operands = [tvm.runtime.tensor(a, dev) for a in (x, kernel.values, kernel.offsets)]
+    out = tvm.runtime.tensor(np.zeros(kernel.output_shape, np.float32), dev)
+    libs = {
+        "index buffer": tvm.compile(tvm.IRModule({"main": kernel.func}), target=target),
+        "ablation: no index loads": tvm.compile(tvm.IRModule({"main": ablation_primfunc(kernel)}), target=target),
+    }
+    runners = {name: (lambda lib=lib: lib(*operands, out)) for name, lib in libs.items()}
+    times = _common.time_interleaved(runners, repeats=repeats)
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    flops = 2 * packed.stored_macs_per_pixel * kernel.shape.out_height * kernel.shape.out_width
+    return {
+        "layer": f"{c}->{o} @{size} s{stride}", "tile_w": kernel.knobs.tile_w,
+        "entries_per_group": kernel.shape.entries, "ms": ms,
+        "gflops_nonzero": {name: flops / (t * 1e-3) / 1e9 for name, t in ms.items()},
+        "headroom": ms["index buffer"] / ms["ablation: no index loads"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    _common.setup(args.threads)
+    start = time.perf_counter()
+    rows = []
+    for c, o, size, stride in tqdm(LAYERS, desc="layers"):
+        rows.append(measure_layer(c, o, size, stride, args.threads, args.repeats))
+        print(f"{rows[-1]['layer']:<20} headroom {rows[-1]['headroom']:.2f}x", flush=True)
+    headroom = statistics.median(r["headroom"] for r in rows)
+    info = {"machine": _common.machine_info(), "threads": args.threads, "repeats": args.repeats,
+            "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "sparsity": f"{PATTERN_TAPS}-of-9 patterns, {KEEP:.0%} of kernels kept per group"}
+    payload = {**info, "layers": rows, "median_headroom": headroom,
+               "wall_s": round(time.perf_counter() - start, 1)}
+    table = _common.md_table(
+        ["layer", "tile", "E", "index buffer ms", "ablation ms", "headroom", "GF/s non-zero (index)"],
+        [(r["layer"], r["tile_w"], r["entries_per_group"], f"{r['ms']['index buffer']:.3f}",
+          f"{r['ms']['ablation: no index loads']:.3f}", f"{r['headroom']:.2f}x",
+          f"{r['gflops_nonzero']['index buffer']:.0f}") for r in rows])
+    markdown = "\n".join([
+        "# Weight specialisation headroom (index buffer vs no index loads)", "",
+        f"- {info['date']}, `{info['command']}`, {info['machine']['cpu']}, {args.threads} threads, "
+        f"interleaved medians of {args.repeats} repeats; sparsity {info['sparsity']}",
+        "- the ablation computes offsets from a closed form (wrong outputs by design): an upper "
+        "bound on what baking offsets into the code could save", "",
+        table, "", f"median headroom: {headroom:.2f}x"])
+    _common.write_results(args.out, "kernel_variants", payload, markdown)
+    print(f"median headroom {headroom:.2f}x; wrote {args.out}/kernel_variants.json/.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
