@@ -194,13 +194,13 @@ def _decide(
     problem = _unsupported(conv, preset)
     if problem:
         return dense(problem)
-    packed = pack_pattern_weights(weight.value.numpy(), preset.vector_width)
+    packed = pack_pattern_weights(weight.value.numpy(), preset.vector_width, reorder=True)
     reduction = packed.mac_reduction
     if reduction >= min_mac_reduction:
         reason = (
             f"{packed.num_kept_kernels} kept kernels x {len(packed.patterns)} patterns, "
             f"{reduction:.2f}x fewer MACs, {packed.fill:.0%} of stored MACs non-zero"
-        )
+        ) + ("; filters regrouped by structure" if packed.filter_order is not None else "")
         sparse = True
     else:
         reason = (
@@ -325,13 +325,18 @@ class _Rewriter:
         gvar = self.builder.add_func(prim, "pattern_conv2d")
         if kernel.input_shape != tuple(int(d) for d in data.ty.shape):
             data = relax.op.reshape(data, kernel.input_shape)  # a view, no copy
+        order = plan.packed.filter_order  # the kernel computes filters in packed order
         args = [data, relax.const(kernel.values), relax.const(kernel.offsets)]
         if bias is not None:
-            args.append(relax.const(bias))
+            args.append(relax.const(bias if order is None else np.ascontiguousarray(bias[order])))
         plan.record.fused = (["bias"] if bias is not None else []) + (
             [_clip_name(clip)] if clip is not None else []
         )
-        return relax.call_tir(gvar, args, relax.TensorType(kernel.output_shape, "float32"))
+        out = relax.call_tir(gvar, args, relax.TensorType(kernel.output_shape, "float32"))
+        if order is None:
+            return out
+        position = np.argsort(order).astype(np.int32)  # where each filter's output landed
+        return relax.op.take(out, relax.const(position), axis=1)
 
 
 def _bias_vector(const: tvm.ir.GenericConst, out_channels: int) -> np.ndarray | None:

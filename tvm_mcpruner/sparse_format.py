@@ -18,22 +18,37 @@ Arrays, all in the order the kernel reads them::
 
 Packing takes the *union* structure of each group, so any weight packs and
 ``unpack`` returns it exactly; how much of the stored work is real (``fill``) tells
-whether the weight really has the aligned structure. Only numpy is needed here, so
+whether the weight really has the aligned structure. A weight whose filters share
+structure but not with their neighbours (pruned by a tool that grouped other filters)
+can be packed with ``reorder=True``: filters are then grouped by similarity and
+``filter_order`` records the permutation (packed filter p is filter ``filter_order[p]``). Only numpy is needed here, so
 the torch pruning helper can use it without TVM.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["MIN_MAC_REDUCTION", "PatternSparseWeight", "pack_pattern_weights", "unpack_pattern_weights"]
+__all__ = [
+    "MIN_MAC_REDUCTION",
+    "PatternSparseWeight",
+    "group_similar_filters",
+    "pack_pattern_weights",
+    "unpack_pattern_weights",
+]
 
 # A layer whose packed form issues fewer than this many times fewer MACs than its dense
 # weight is not worth running (or pruning) sparse: the pruner leaves it dense and the
 # compiler runs it as a direct dense conv.
 MIN_MAC_REDUCTION = 1.25
+
+# Reordering filters must cut the issued MACs by at least this share to be kept (it
+# costs an output permutation), and is only tried on layers this small (O * O * C * taps):
+# the similarity of every filter pair is one matrix product.
+REORDER_MIN_GAIN = 0.05
+REORDER_MAX_WORK = 4e9
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +62,7 @@ class PatternSparseWeight:
     channels: np.ndarray
     pattern_ids: np.ndarray
     values: np.ndarray
+    filter_order: np.ndarray | None = None  # [O] int32; None: filters in their own order
 
     # ---- sizes -------------------------------------------------------------------
     @property
@@ -108,26 +124,67 @@ class PatternSparseWeight:
     @property
     def nbytes(self) -> int:
         """Bytes the packed weight occupies (values + indices + pattern library)."""
+        order = 0 if self.filter_order is None else self.filter_order.nbytes
         return int(
             self.values.nbytes + self.group_ptr.nbytes + self.channels.nbytes
-            + self.pattern_ids.nbytes + self.patterns.size
+            + self.pattern_ids.nbytes + self.patterns.size + order
         )
 
     def to_dense(self) -> np.ndarray:
         return unpack_pattern_weights(self)
 
 
-def pack_pattern_weights(weight: np.ndarray, lanes: int) -> PatternSparseWeight:
+def pack_pattern_weights(weight: np.ndarray, lanes: int, reorder: bool = False) -> PatternSparseWeight:
     """Pack a dense ``[O, C, KH, KW]`` weight into groups of ``lanes`` filters.
 
     Any weight packs (the union structure of each group is stored); whether packing
     paid off is read from :attr:`PatternSparseWeight.fill` and ``mac_reduction``.
+    ``reorder``: when the weight in its own filter order packs with wasted lanes, also
+    try groups of similar filters (:func:`group_similar_filters`) and keep that packing
+    if it issues at least ``REORDER_MIN_GAIN`` fewer MACs.
     """
     weight = np.asarray(weight)
     if weight.ndim != 4:
         raise ValueError(f"expected a 4-d conv weight [O, C, KH, KW], got shape {weight.shape}")
     if lanes < 1:
         raise ValueError(f"lanes must be >= 1, got {lanes}")
+    plain = _pack(weight, lanes)
+    o = weight.shape[0]
+    if not reorder or plain.fill >= 1.0 or o <= 1 or o * weight[0].size * o > REORDER_MAX_WORK:
+        return plain
+    order = group_similar_filters(weight, lanes)
+    grouped = _pack(weight[order], lanes)
+    if grouped.stored_macs_per_pixel > (1 - REORDER_MIN_GAIN) * plain.stored_macs_per_pixel:
+        return plain
+    return replace(grouped, shape=plain.shape, filter_order=order.astype(np.int32))
+
+
+def group_similar_filters(weight: np.ndarray, lanes: int) -> np.ndarray:
+    """A filter order in which each run of ``lanes`` filters shares as much structure as it can.
+
+    Greedy: the remaining filter with the most non-zeros seeds a group, and the
+    ``lanes - 1`` remaining filters whose non-zero sets overlap it most (Jaccard) join
+    it. Filters with identical structure always end up together.
+    """
+    o = weight.shape[0]
+    structure = (weight.reshape(o, -1) != 0).astype(np.float32)
+    overlap = structure @ structure.T  # shared non-zeros of every filter pair
+    nnz = np.diag(overlap).copy()
+    jaccard = overlap / np.maximum(nnz[:, None] + nnz[None, :] - overlap, 1.0)
+    remaining = np.ones(o, dtype=bool)
+    order: list[int] = []
+    while remaining.any():
+        candidates = np.flatnonzero(remaining)
+        seed = candidates[np.argmax(nnz[candidates])]  # first of the largest: deterministic
+        remaining[seed] = False
+        others = np.flatnonzero(remaining)
+        best = others[np.argsort(-jaccard[seed, others], kind="stable")[: lanes - 1]]
+        remaining[best] = False
+        order += [int(seed), *sorted(int(i) for i in best)]
+    return np.asarray(order, dtype=np.int64)
+
+
+def _pack(weight: np.ndarray, lanes: int) -> PatternSparseWeight:
     o, c, kh, kw = weight.shape
     groups = -(-o // lanes)
     padded = np.zeros((groups * lanes, c, kh * kw), dtype=np.float32)
@@ -166,5 +223,9 @@ def unpack_pattern_weights(packed: PatternSparseWeight) -> np.ndarray:
     row_group = np.repeat(kernel_group, sizes)
     row_channel, row_tap = packed.row_channels_and_taps()
     dense[row_group, row_channel, row_tap] = packed.values
-    dense = dense.transpose(0, 3, 1, 2).reshape(packed.num_groups * lanes, c, kh, kw)
-    return np.ascontiguousarray(dense[:o])
+    dense = dense.transpose(0, 3, 1, 2).reshape(packed.num_groups * lanes, c, kh, kw)[:o]
+    if packed.filter_order is not None:
+        restored = np.empty_like(dense)
+        restored[packed.filter_order] = dense
+        dense = restored
+    return np.ascontiguousarray(dense)

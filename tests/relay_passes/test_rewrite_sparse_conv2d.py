@@ -472,3 +472,22 @@ def test_matmul_with_a_non_constant_weight_is_left_alone():
     before = _module((4, 8), body)
     after, records = _rewrite(before)
     assert records == [] and _calls_of(after, "relax.matmul")
+
+
+# --------------------------------------------------------------------------- filter regrouping
+
+
+def test_aligned_structure_in_shuffled_filter_order_is_regrouped():
+    """Filters that share structure with non-neighbours (another tool's grouping) run sparse."""
+    weight = aligned_pattern_weight(O, 8, LANES, seed=31)
+    order = np.random.default_rng(32).permutation(O)
+    shuffled = np.ascontiguousarray(weight[order])
+    bias = _input((1, O, 1, 1), seed=33)
+    aligned = pack_pattern_weights(weight, LANES).mac_reduction
+    assert pack_pattern_weights(shuffled, LANES).mac_reduction < 0.7 * aligned  # neighbours differ
+    after, (rec,) = _rewrite(_before(IN_SHAPE, shuffled, bias=bias, act="relu"))
+    assert rec.sparse and "regrouped" in rec.reason, rec.reason
+    assert rec.mac_reduction == aligned
+    assert len(_calls_of(after, "relax.take")) == 1, "outputs put back in the model's filter order"
+    x = _input(IN_SHAPE)
+    assert_close(_run(after, x), _torch_conv(x, shuffled, bias=bias, act="relu"))

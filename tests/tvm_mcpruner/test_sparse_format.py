@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from tvm_mcpruner.sparse_format import (
     PatternSparseWeight,
+    group_similar_filters,
     pack_pattern_weights,
     unpack_pattern_weights,
 )
@@ -137,6 +138,40 @@ def test_round_trip_is_exact(case):
     assert back.shape == w.shape
     assert np.array_equal(back, w)
     assert np.array_equal(packed.to_dense(), w)
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=weight_cases, shuffle_seed=st.integers(0, 2**32 - 1))
+def test_reordered_packing_round_trips_and_never_issues_more(case, shuffle_seed):
+    w = weight_from_case(case)
+    w = np.ascontiguousarray(w[np.random.default_rng(shuffle_seed).permutation(w.shape[0])])
+    plain = pack_pattern_weights(w, case["lanes"])
+    packed = pack_pattern_weights(w, case["lanes"], reorder=True)
+    assert np.array_equal(unpack_pattern_weights(packed), w)
+    assert packed.stored_macs_per_pixel <= plain.stored_macs_per_pixel
+    if packed.filter_order is not None:
+        assert sorted(packed.filter_order.tolist()) == list(range(w.shape[0]))
+        assert packed.stored_macs_per_pixel <= 0.95 * plain.stored_macs_per_pixel
+
+
+@pytest.mark.parametrize("lanes", [4, 16])
+def test_regrouping_recovers_shuffled_aligned_structure(lanes):
+    rng = np.random.default_rng(lanes)
+    w = make_weight("aligned", 7, 8 * lanes, 24, 3, 3, lanes, keep=0.25)
+    shuffled = np.ascontiguousarray(w[rng.permutation(w.shape[0])])
+    packed = pack_pattern_weights(shuffled, lanes, reorder=True)
+    assert packed.filter_order is not None and packed.fill == 1.0
+    assert packed.mac_reduction == pack_pattern_weights(w, lanes).mac_reduction
+    assert pack_pattern_weights(w, lanes, reorder=True).filter_order is None, "aligned: kept as is"
+
+
+def test_group_similar_filters_keeps_identical_filters_together():
+    base = np.zeros((3, 5, 1, 1), np.float32)
+    base[0, :2] = base[1, 2:4] = base[2, 4] = 1.0  # three distinct structures
+    w = base[[0, 1, 2, 0, 1, 2, 0, 1, 2]] * np.arange(1, 10, dtype=np.float32)[:, None, None, None]
+    order = group_similar_filters(w, 3)
+    groups = [sorted(order[i:i + 3].tolist()) for i in range(0, 9, 3)]
+    assert sorted(groups) == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
