@@ -458,10 +458,11 @@ def _tvm_fma_gflops(threads: int, repeats: int, iterations: int = 200_000) -> fl
 
 
 # ----------------------------------------------------------------------------- results
-def run_info(threads: int, tuner: DenseTuner, repeats: int, tuning: dict[str, Any]) -> dict[str, Any]:
+def run_info(threads: int, tuner: DenseTuner, repeats: int, tuning: dict[str, Any] | None = None) -> dict[str, Any]:
     """Machine, versions, command line and settings of this run."""
     import onnxruntime
 
+    tuning = tuning or {"tasks": 0, "tuned_this_run": [], "short_of_budget": []}
     info = machine_info()
     info.update(
         threads=threads, cores_available=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -130,13 +130,19 @@ def weight_bytes(model: nn.Module, mod: tvm.IRModule) -> dict[str, Any]:
     from relay_passes import RewriteSparseConv2d
 
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    convs = [m for m in layers if isinstance(m, nn.Conv2d) and m.groups == 1]
     dense_weights = sum(m.weight.numel() * 4 for m in layers)
     nonzero_values = sum(int(torch.count_nonzero(m.weight)) * 4 for m in layers)
+    lanes = mcp.get_preset("host").vector_width
     dense_consts = constant_bytes(mod)
     sparse_consts = constant_bytes(RewriteSparseConv2d("host")(mod))
     return {
         "dense_weight_bytes": dense_weights,
         "nonzero_weight_value_bytes": nonzero_values,
+        "conv_dense_weight_bytes": sum(m.weight.numel() * 4 for m in convs),
+        "conv_nonzero_value_bytes": sum(int(torch.count_nonzero(m.weight)) * 4 for m in convs),
+        "conv_sparse_format_bytes": sum(
+            mcp.pack_pattern_weights(m.weight.detach().numpy(), lanes).nbytes for m in convs),
         "dense_model_constant_bytes": sum(dense_consts.values()),
         "mcpruner_model_constant_bytes": sum(sparse_consts.values()),
         "mcpruner_constants_by_consumer": sparse_consts,
@@ -309,6 +315,15 @@ def markdown(info: dict[str, Any], peak: dict[str, Any], results: list[dict[str,
                 f"{r['weight_bytes']['compression_vs_dense']:.2f}x",
                 ", ".join(f"{k} {v / 2**20:.1f}" for k, v in r["weight_bytes"]["mcpruner_constants_by_consumer"].items())]
                for r in results]
+    conv_rows = [[r["model"], f"{r['weight_bytes']['conv_dense_weight_bytes'] / 2**20:.1f}",
+                  f"{r['weight_bytes']['conv_nonzero_value_bytes'] / 2**20:.1f}",
+                  f"{r['weight_bytes']['conv_sparse_format_bytes'] / 2**20:.1f}",
+                  f"{r['weight_bytes']['conv_dense_weight_bytes'] / max(r['weight_bytes']['conv_sparse_format_bytes'], 1):.2f}x",
+                  f"{r['weight_bytes']['conv_sparse_format_bytes'] / max(r['weight_bytes']['conv_nonzero_value_bytes'], 1):.3f}"]
+                 for r in results]
+    lines.append(C.md_table(["model", "conv weights, dense fp32 MiB", "non-zero values MiB",
+                             "packed (sparse format) MiB", "compression", "packed / non-zero values"], conv_rows))
+    lines += ["", "Whole build (every constant the compiled model carries; Linear layers dense unless --keep-linear):", ""]
     lines.append(C.md_table(["model", "dense conv+fc weights MiB", "non-zero values MiB", "dense build constants MiB",
                              "mcpruner build constants MiB", "compression", "mcpruner constants by consumer (MiB)"],
                             wb_rows))
