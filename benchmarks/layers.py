@@ -189,7 +189,7 @@ def sparse_case(layer: SuiteLayer, name: str, threads: int) -> SparseCase:
 
 
 def layer_results(layer: SuiteLayer, sparsities: list[str], tuner: C.DenseTuner, threads: int,
-                  repeats: int, peak: float) -> list[dict[str, Any]]:
+                  repeats: int) -> list[dict[str, Any]]:
     """Time the three dense frameworks and mcpruner at each sparsity, interleaved."""
     with tempfile.TemporaryDirectory() as tmp:
         runners, dense_ref = dense_runners(layer, tuner, threads, Path(tmp))
@@ -201,11 +201,11 @@ def layer_results(layer: SuiteLayer, sparsities: list[str], tuner: C.DenseTuner,
         timings = C.measure_all(runners, refs, repeats, notes)
     dense = [timings[f] for f in C.DENSE_FRAMEWORKS]
     fastest = min(dense, key=lambda t: t.median_ms)
-    return [row(layer, cases[name], dense, timings[f"mcpruner@{name}"], fastest, peak) for name in sparsities]
+    return [row(layer, cases[name], dense, timings[f"mcpruner@{name}"], fastest) for name in sparsities]
 
 
 def row(layer: SuiteLayer, case: SparseCase, dense: list[C.Timing], sparse: C.Timing,
-        fastest: C.Timing, peak: float) -> dict[str, Any]:
+        fastest: C.Timing) -> dict[str, Any]:
     gflops = 2 * case.nonzero_macs / (sparse.median_ms * 1e-3) / 1e9
     record = case.record
     return {
@@ -220,7 +220,7 @@ def row(layer: SuiteLayer, case: SparseCase, dense: list[C.Timing], sparse: C.Ti
         "mcpruner_compile_s": round(case.compile_s, 2),
         "timings": [t.to_dict() for t in (*dense, sparse)],
         "dense_gflops": {t.framework: 2 * layer.shape.dense_macs / (t.median_ms * 1e-3) / 1e9 for t in dense},
-        "mcpruner_gflops_nonzero": gflops, "mcpruner_pct_peak": 100 * gflops / peak,
+        "mcpruner_gflops_nonzero": gflops, "mcpruner_pct_peak": None,  # set once the run's peak is known
         "fastest_dense": fastest.framework, "speedup_vs_fastest_dense": fastest.median_ms / sparse.median_ms,
     }
 
@@ -348,12 +348,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.tune_only:
         return tuning
     C.setup(args.threads, args.verbose)
-    peak = C.measure_peak(args.threads, repeats=max(args.repeats, 3))
-    print(f"peak: {peak}", flush=True)
+    peak_before = C.measure_peak(args.threads, repeats=max(args.repeats, 3))
+    print(f"peak: {peak_before}", flush=True)
     sparsities = ["A", "B"] if args.sparsity == "both" else [args.sparsity]
     rows = []
     for layer in tqdm(layers, desc="layers", unit="layer", file=sys.stdout):
-        rows += layer_results(layer, sparsities, tuner, args.threads, args.repeats, peak["peak_gflops"])
+        rows += layer_results(layer, sparsities, tuner, args.threads, args.repeats)
+    peak = C.peak_of_run(peak_before, C.measure_peak(args.threads, repeats=max(args.repeats, 3)))
+    C.fill_pct_of_peak(rows, peak["peak_gflops"])
     summary = summarize(rows)
     wall_s = time.perf_counter() - start
     info = C.run_info(args.threads, tuner, args.repeats, tuning)

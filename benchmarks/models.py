@@ -225,7 +225,7 @@ def model_tasks(case: ModelCase, size: int, width: float, tuner: C.DenseTuner) -
 
 
 def run_model(case: ModelCase, size: int, width: float, tuner: C.DenseTuner, threads: int,
-              repeats: int, peak: float) -> dict[str, Any]:
+              repeats: int) -> dict[str, Any]:
     print(f"[{case.name}] pruning and importing", flush=True)
     model, x, report = prepare(case, size, width)
     mod = mcp.from_torch(model, (x,))
@@ -271,7 +271,7 @@ def run_model(case: ModelCase, size: int, width: float, tuner: C.DenseTuner, thr
         "fastest_dense": fastest.framework, "speedup_vs_fastest_dense": speedup,
         "goal_speedup": case.goal_speedup, "reached": speedup >= case.goal_speedup,
         "short_by_pct": None if speedup >= case.goal_speedup else round(100 * (1 - speedup / case.goal_speedup), 1),
-        "mcpruner_gflops_nonzero": gflops, "mcpruner_pct_peak": 100 * gflops / peak,
+        "mcpruner_gflops_nonzero": gflops, "mcpruner_pct_peak": None,  # set once the run's peak is known
         "dense_gflops": {t.framework: 2 * dense_macs / (t.median_ms * 1e-3) / 1e9 for t in dense},
         "mcpruner_compile_s": round(build.compile_s, 1), "tvm_dense_compile_s": round(dense_compile_s, 1),
         "weight_bytes": weight_bytes(model, mod),
@@ -391,10 +391,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.tune_only:
         return tuning
     C.setup(args.threads, args.verbose)
-    peak = C.measure_peak(args.threads, repeats=max(args.repeats, 3))
-    print(f"peak: {peak}", flush=True)
-    results = [run_model(case, args.size, args.width, tuner, args.threads, args.repeats, peak["peak_gflops"])
-               for case in cases]
+    peak_before = C.measure_peak(args.threads, repeats=max(args.repeats, 3))
+    print(f"peak: {peak_before}", flush=True)
+    results = [run_model(case, args.size, args.width, tuner, args.threads, args.repeats) for case in cases]
+    peak = C.peak_of_run(peak_before, C.measure_peak(args.threads, repeats=max(args.repeats, 3)))
+    C.fill_pct_of_peak(results, peak["peak_gflops"])
     wall_s = time.perf_counter() - start
     info = C.run_info(args.threads, tuner, args.repeats, tuning)
     payload = {**info, "wall_s": round(wall_s, 1), "peak": peak, "quick": args.quick, "models": results}
