@@ -78,16 +78,20 @@ def time_ms(fn: Runner, repeats: int = 5, warmup: int = 2, min_repeat_ms: float 
 
 
 def time_interleaved(runners: dict[str, Runner], repeats: int = 5, warmup: int = 2,
-                     min_repeat_ms: float = 50.0) -> dict[str, list[float]]:
+                     min_repeat_ms: float = 50.0, settle_s: float = 0.02) -> dict[str, list[float]]:
     """:func:`time_ms` for several runners, repeats taken round-robin.
 
     Interleaving makes a load change on a shared machine hit every framework alike
-    instead of whichever happened to be timed at that moment.
+    instead of whichever happened to be timed at that moment. Before each repeat the
+    process idles ``settle_s`` so the previous framework's spinning worker threads
+    (OpenMP, TVM's pool, onnxruntime's) have gone to sleep and do not steal cores.
     """
     numbers = {name: calls_per_repeat(fn, warmup, min_repeat_ms) for name, fn in runners.items()}
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, fn in runners.items():
+            time.sleep(settle_s)  # the previous framework's spinning threads go to sleep
+            fn()  # untimed: wakes this framework's threads and warms its caches
             times[name].append(_one_repeat(fn, numbers[name]))
     return times
 
