@@ -27,6 +27,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "prune": ".pruning",
     "PruneReport": ".pruning",
+    "save_pruned": ".pruning",
+    "load_pruned": ".pruning",
     "from_torch": ".frontend",
     "from_onnx": ".frontend",
     "export_onnx": ".frontend",

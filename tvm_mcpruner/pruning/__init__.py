@@ -11,7 +11,13 @@ Torch only (no TVM import), so pruning and fine-tuning run anywhere torch does::
 """
 
 from .api import prune
+from .io import load_pruned, save_pruned
 from .masks import PatternPruningMethod, bake, load_pruned_state_dict
 from .report import LayerReport, PruneReport
+from .schedules import SCHEDULES
+from .train import TrainConfig, enforce_masks, evaluate, fit
 
-__all__ = ["prune", "PruneReport", "LayerReport", "load_pruned_state_dict", "bake", "PatternPruningMethod"]
+__all__ = [
+    "prune", "PruneReport", "LayerReport", "load_pruned_state_dict", "bake", "PatternPruningMethod",
+    "SCHEDULES", "save_pruned", "load_pruned", "TrainConfig", "fit", "evaluate", "enforce_masks",
+]

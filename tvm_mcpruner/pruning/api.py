@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,8 +13,11 @@ from ..targets import TargetPreset, get_preset
 from .masks import aligned_pattern_mask, apply_mask, deepcopy_model, group_energy, kept_kernel_count
 from .patterns import select_library
 from .report import LayerReport, PruneReport, dense_layer_report, pruned_layer_report
+from .schedules import SCHEDULES, Batches, run_schedule
+from .sensitivity import allocate_keeps
+from .train import TrainConfig
 
-__all__ = ["prune"]
+__all__ = ["prune", "PrunePlan", "make_plan", "apply_plan", "build_report", "set_mask"]
 
 ExampleInput = torch.Tensor | Sequence[torch.Tensor]
 
@@ -97,6 +101,120 @@ def conv_output_pixels(model: nn.Module, convs: dict[str, nn.Conv2d], example_in
     return pixels
 
 
+@dataclass
+class PrunePlan:
+    """What ``prune`` decided before touching weights: eligible layers, library, keeps.
+
+    The schedules reuse one plan for every mask they compute (iterative steps, ADMM
+    projections), so the pattern library and per-layer ratios stay fixed while the
+    weights move.
+    """
+
+    preset: TargetPreset
+    pattern_k: int
+    layers: dict[str, nn.Conv2d | nn.Linear]  # every conv (and Linear with keep_linear), model order
+    reasons: dict[str, str | None]  # why a layer stays dense; None when it is pruned
+    library: torch.Tensor  # [P, 9] bool
+    keeps: dict[str, float]  # kept share of input channels per eligible layer
+
+    @property
+    def lanes(self) -> int:
+        return self.preset.vector_width
+
+    @property
+    def eligible(self) -> list[str]:
+        return [name for name, reason in self.reasons.items() if reason is None]
+
+    def mask(self, name: str, weight: torch.Tensor, keep: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned mask (weight's shape) and pattern ids ``[G, C]`` (-1: removed / no pattern)
+        of layer ``name`` for ``weight`` (the projection onto the layer's sparsity set)."""
+        keep = self.keeps[name] if keep is None else keep
+        as_conv = _as_conv_weight(weight)
+        if as_conv.shape[2] * as_conv.shape[3] == 1:
+            mask, ids = aligned_pattern_mask(as_conv, _POINTWISE, self.lanes, keep)
+            return mask.reshape(weight.shape), torch.full_like(ids, -1)
+        mask, ids = aligned_pattern_mask(as_conv, self.library, self.lanes, keep)
+        return mask.reshape(weight.shape), ids
+
+
+def make_plan(
+    model: nn.Module, preset: TargetPreset, pattern_k: int, keep_kernels: float, num_patterns: int,
+    min_in_channels: int, keep_pointwise: float | None, keep_linear: float | None,
+) -> PrunePlan:
+    """Eligible layers, their uniform keeps, and the library voted from the current weights."""
+    lanes = preset.vector_width
+    keep_pointwise = keep_kernels if keep_pointwise is None else keep_pointwise
+    kinds = (nn.Conv2d, nn.Linear) if keep_linear is not None else (nn.Conv2d,)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+    reasons = {name: dense_reason(layer, min_in_channels, keep_pointwise) for name, layer in layers.items()}
+    eligible = [name for name, reason in reasons.items() if reason is None]
+    energies = [group_energy(layers[name].weight, lanes) for name in eligible if _taps(layers[name]) == 9]
+    library = select_library(energies, pattern_k, num_patterns)
+    keeps = {}
+    for name in eligible:
+        layer = layers[name]
+        keeps[name] = keep_linear if isinstance(layer, nn.Linear) else (
+            keep_pointwise if _taps(layer) == 1 else keep_kernels)
+    return PrunePlan(preset, pattern_k, layers, reasons, library, keeps)
+
+
+def apply_plan(plan: PrunePlan) -> dict[str, torch.Tensor]:
+    """Mask every eligible layer per ``plan`` (multiplying any mask it already has).
+
+    Returns the pattern ids of the layers pruned; a layer whose aligned mask would save
+    less than ``MIN_MAC_REDUCTION`` gets its reason set in ``plan.reasons`` and stays
+    unmasked. Masks are computed from the effective weight, so zeros already there count
+    as zeros.
+    """
+    pattern_ids: dict[str, torch.Tensor] = {}
+    for name in plan.eligible:
+        layer = plan.layers[name]
+        mask, ids = plan.mask(name, layer.weight)
+        weight = _as_conv_weight(layer.weight)
+        saved = _issued_mac_reduction(weight.detach() * mask.reshape(weight.shape), plan.lanes)
+        if saved < MIN_MAC_REDUCTION:  # e.g. fewer filters than lanes: padding lanes eat the gain
+            plan.reasons[name] = (
+                f"left dense: aligned pruning would issue only {saved:.2f}x fewer MACs "
+                f"({weight.shape[0]} filters in groups of {plan.lanes})")
+            continue
+        set_mask(layer, mask)
+        pattern_ids[name] = ids
+    return pattern_ids
+
+
+def set_mask(layer: nn.Module, mask: torch.Tensor) -> None:
+    """Mask ``layer.weight``: a new reparametrization, or the existing mask multiplied in place."""
+    existing = getattr(layer, "weight_mask", None)
+    if existing is None:
+        apply_mask(layer, "weight", mask)
+        return
+    with torch.no_grad():
+        existing.mul_(mask.to(existing.dtype))
+        layer.weight = layer.weight_orig * existing  # what the hook computes at the next forward
+
+
+def build_report(plan: PrunePlan, pattern_ids: dict[str, torch.Tensor], pattern_k: int, keep_kernels: float,
+                 num_patterns: int) -> PruneReport:
+    """The report of the model's current (masked) weights under ``plan``."""
+    layers: list[LayerReport] = []
+    usage = torch.zeros(len(plan.library), dtype=torch.int64)
+    for name, layer in plan.layers.items():
+        if name not in pattern_ids:
+            layers.append(dense_layer_report(name, layer.weight, plan.reasons[name] or "left dense"))
+            continue
+        ids = pattern_ids[name]
+        if _taps(layer) == 9:
+            usage += torch.bincount(ids[ids >= 0], minlength=len(plan.library))
+        kept = kept_kernel_count(_as_conv_weight(layer.weight).shape[1], plan.keeps[name])
+        layers.append(pruned_layer_report(name, layer.weight, plan.lanes, ids, kept))
+    return PruneReport(
+        target=plan.preset.name, vector_width=plan.lanes, pattern_k=pattern_k, keep_kernels=float(keep_kernels),
+        num_patterns=num_patterns,
+        library=tuple(tuple(int(t) for t in row.nonzero().flatten().tolist()) for row in plan.library),
+        layers=layers, library_usage=tuple(int(n) for n in usage.tolist()),
+    )
+
+
 def prune(
     model: nn.Module,
     target: str | TargetPreset = "host",
@@ -109,6 +227,12 @@ def prune(
     keep_pointwise: float | None = None,
     keep_linear: float | None = None,
     example_input: ExampleInput | None = None,
+    data: Batches | None = None,
+    schedule: str = "oneshot",
+    ratio: float | None = None,
+    epochs: int = 0,
+    train_config: TrainConfig | None = None,
+    layer_keeps: dict[str, float] | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """Pattern- and connectivity-prune every eligible conv, aligned to the target's vector width.
 
@@ -124,62 +248,70 @@ def prune(
     shares kept channels and patterns, and keeps ``max(1, round(keep * C))`` input
     channels (see :mod:`.masks`).
 
+    Accuracy-keeping options (see :mod:`.schedules`):
+
+    * ``ratio``: a whole-model conv-MAC reduction target (e.g. 8) instead of one
+      ``keep_kernels``: per-layer keeps are chosen by sensitivity (loss on a batch of
+      ``data`` when given, else the weight energy a layer would lose); ``layer_keeps``
+      sets them by hand instead.
+    * ``schedule``: ``"oneshot"`` (prune, then ``epochs`` of masked fine-tuning when
+      ``data`` is given), ``"iterative"`` (gradual magnitude pruning with fine-tuning
+      between steps) or ``"admm"`` (PatDNN's extended ADMM, then hard prune + masked
+      retraining); the last two need ``data`` and ``epochs >= 2``.
+    * ``data``: an iterable of ``(images, labels)`` batches (a ``DataLoader`` or
+      :meth:`tvm_mcpruner.data.ImageData.loader`); ``train_config`` sets the optimiser.
+
     Masks stay applied as ``torch.nn.utils.prune`` reparametrizations (fine-tune freely;
     :func:`~.masks.bake` before export). With ``inplace=False`` the model is deep-copied
-    first. ``example_input`` (optional) makes the report count MACs per image instead
-    of per output pixel.
+    first. ``example_input`` (optional; default a slice of ``data``'s first batch) makes
+    the report count MACs per image instead of per output pixel.
     """
     preset = _check_args(
         model, target, pattern_k, keep_kernels, num_patterns, min_in_channels, keep_pointwise, keep_linear
     )
+    _check_schedule(schedule, ratio, data, epochs)
     if not inplace:
         model = deepcopy_model(model)
-    lanes = preset.vector_width
-    keep_pointwise = keep_kernels if keep_pointwise is None else keep_pointwise
-    kinds = (nn.Conv2d, nn.Linear) if keep_linear is not None else (nn.Conv2d,)
-    convs = {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
-    reasons = {name: dense_reason(conv, min_in_channels, keep_pointwise) for name, conv in convs.items()}
-    eligible = [name for name, reason in reasons.items() if reason is None]
-    energies = {name: group_energy(convs[name].weight, lanes) for name in eligible}
-    library = select_library(
-        [e for name, e in energies.items() if _taps(convs[name]) == 9], pattern_k, num_patterns
-    )
-
-    layers: list[LayerReport] = []
-    usage = torch.zeros(len(library), dtype=torch.int64)
-    for name, conv in convs.items():
-        if reasons[name] is not None:
-            layers.append(dense_layer_report(name, conv.weight, reasons[name]))
-            continue
-        weight = _as_conv_weight(conv.weight)
-        if _taps(conv) == 1:
-            keep = keep_linear if isinstance(conv, nn.Linear) else keep_pointwise
-            mask, pattern_ids = aligned_pattern_mask(weight, _POINTWISE, lanes, keep, energies[name])
-            pattern_ids = torch.full_like(pattern_ids, -1)  # no pattern: a kept channel is one tap
-        else:
-            keep = keep_kernels
-            mask, pattern_ids = aligned_pattern_mask(weight, library, lanes, keep, energies[name])
-        saved = _issued_mac_reduction(weight.detach() * mask, lanes)
-        if saved < MIN_MAC_REDUCTION:  # e.g. fewer filters than lanes: padding lanes eat the gain
-            layers.append(dense_layer_report(name, conv.weight, (
-                f"left dense: aligned pruning would issue only {saved:.2f}x fewer MACs "
-                f"({weight.shape[0]} filters in groups of {lanes})")))
-            continue
-        if _taps(conv) == 9:
-            usage += torch.bincount(pattern_ids[pattern_ids >= 0], minlength=len(library))
-        apply_mask(conv, "weight", mask.reshape(conv.weight.shape))
-        kept = kept_kernel_count(weight.shape[1], keep)
-        layers.append(pruned_layer_report(name, conv.weight, lanes, pattern_ids, kept))
-
-    report = PruneReport(
-        target=preset.name, vector_width=lanes, pattern_k=pattern_k, keep_kernels=float(keep_kernels),
-        num_patterns=num_patterns,
-        library=tuple(tuple(int(t) for t in row.nonzero().flatten().tolist()) for row in library),
-        layers=layers, library_usage=tuple(int(n) for n in usage.tolist()),
-    )
+    if example_input is None and data is not None:
+        example_input = _first_images(data)[:1]
+    plan = make_plan(model, preset, pattern_k, keep_kernels, num_patterns, min_in_channels, keep_pointwise,
+                     keep_linear)
+    if layer_keeps is not None:
+        plan.keeps.update(_checked_layer_keeps(plan, layer_keeps))
+    elif ratio is not None:
+        plan.keeps.update(allocate_keeps(model, plan, ratio, data, example_input))
+    pattern_ids = run_schedule(schedule, model, plan, apply_plan, data, epochs, train_config)
+    report = build_report(plan, pattern_ids, pattern_k, keep_kernels, num_patterns)
     if example_input is not None:
-        _count_pixels(model, convs, example_input, report)
+        _count_pixels(model, plan.layers, example_input, report)
     return model, report
+
+
+def _check_schedule(schedule: str, ratio: float | None, data: Batches | None, epochs: int) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 1):
+        raise ValueError(f"ratio must be a number >= 1 (conv-MAC reduction), got {ratio!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if schedule != "oneshot" and (data is None or epochs < 2):
+        raise ValueError(f"schedule {schedule!r} trains while pruning: it needs data and epochs >= 2")
+    if schedule == "oneshot" and epochs and data is None:
+        raise ValueError("epochs > 0 fine-tunes after pruning: it needs data")
+
+
+def _checked_layer_keeps(plan: PrunePlan, layer_keeps: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(layer_keeps) - set(plan.eligible))
+    if unknown:
+        raise ValueError(f"layer_keeps names layers that are not pruned: {', '.join(unknown)}")
+    for name, keep in layer_keeps.items():
+        _check_fraction(f"layer_keeps[{name!r}]", keep)
+    return dict(layer_keeps)
+
+
+def _first_images(data: Batches) -> torch.Tensor:
+    images, _ = next(iter(data))
+    return images
 
 
 def _as_conv_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,198 @@
+"""Accuracy-keeping pruning: masks held while training, ratio allocation, schedules, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import tvm_mcpruner as mcp
+from tvm_mcpruner.pruning import TrainConfig, evaluate, fit, load_pruned, prune, save_pruned
+from tvm_mcpruner.pruning.schedules import gradual_keeps
+from tvm_mcpruner.pruning.sensitivity import KEEP_LEVELS, issued_macs_per_pixel
+from tvm_mcpruner.sparse_format import pack_pattern_weights
+
+from .test_pruning_structure import check_aligned
+
+LANES = 4  # hikey970-cpu
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 16, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    )
+
+
+def synthetic_batches(n: int = 512, batch: int = 64, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """4 classes of 12x12 images: a bright blob in one quadrant, plus noise (learnable in a few epochs)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    images = 0.3 * torch.randn(n, 1, 12, 12, generator=g)
+    for i, label in enumerate(labels.tolist()):
+        r, c = divmod(label, 2)
+        images[i, 0, 6 * r:6 * r + 6, 6 * c:6 * c + 6] += 1.0
+    return [(images[i:i + batch], labels[i:i + batch]) for i in range(0, n, batch)]
+
+
+def trained_net() -> nn.Module:
+    model = small_net()
+    fit(model, synthetic_batches(), TrainConfig(epochs=6, lr=0.05, progress=False))
+    return model
+
+
+def pruned_convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and hasattr(m, "weight_mask")]
+
+
+def test_masks_hold_and_optimizer_state_cannot_revive_them():
+    pruned, _ = prune(small_net(), target="hikey970-cpu", keep_kernels=0.5)
+    config = TrainConfig(epochs=2, lr=0.1, momentum=0.9, weight_decay=1e-2, progress=False)
+    fit(pruned, synthetic_batches(), config)
+    for conv in pruned_convs(pruned):
+        zeros = conv.weight_mask == 0
+        assert zeros.any()
+        # the hidden parameter itself is zero, so no later mask change or removal revives it
+        assert (conv.weight_orig[zeros] == 0).all()
+    optimizer = torch.optim.SGD(pruned.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    pruned(synthetic_batches()[0][0]).sum().backward()
+    optimizer.step()
+    mcp.pruning.enforce_masks(pruned, optimizer)
+    for conv in pruned_convs(pruned):
+        zeros = conv.weight_mask == 0
+        assert (optimizer.state[conv.weight_orig]["momentum_buffer"][zeros] == 0).all()
+        torch.nn.utils.prune.remove(conv, "weight")
+        assert (conv.weight[zeros] == 0).all()
+
+
+def test_without_enforcement_weight_decay_leaves_values_behind():
+    # Shows what enforce_masks guards against: torch's mask alone keeps stale hidden values.
+    pruned, _ = prune(small_net(), target="hikey970-cpu", keep_kernels=0.5)
+    conv = pruned_convs(pruned)[0]
+    zeros = conv.weight_mask == 0
+    optimizer = torch.optim.SGD(pruned.parameters(), lr=0.1, weight_decay=1e-2)
+    pruned(synthetic_batches()[0][0]).sum().backward()
+    optimizer.step()
+    assert (conv.weight_orig[zeros] != 0).any()
+
+
+def test_gradual_keeps_cubic_to_target():
+    keeps = gradual_keeps(0.25, 4)
+    assert keeps[-1] == pytest.approx(0.25)
+    assert all(a > b for a, b in zip(keeps, keeps[1:]))
+    assert keeps[0] - keeps[1] > keeps[2] - keeps[3], "prunes fast first, slowly near the target"
+
+
+@pytest.mark.parametrize("with_data", [False, True])
+def test_ratio_reaches_target_with_uneven_layers(with_data):
+    model = trained_net()
+    x = synthetic_batches()[0][0]
+    data = synthetic_batches() if with_data else None
+    pruned, report = prune(model, target="hikey970-cpu", ratio=4, data=data, example_input=x[:1])
+    assert report.mac_reduction >= 4
+    keeps = {layer.kept_kernels / layer.total_kernels for layer in report.pruned_layers}
+    assert len(keeps) > 1, "sensitivity gives layers different keeps"
+    for conv in pruned_convs(pruned):
+        if conv.kernel_size == (3, 3):
+            c = conv.in_channels
+            kept = int((conv.weight[:LANES] != 0).any(dim=(0, 2, 3)).sum())
+            check_aligned(conv.weight, LANES, 4, kept / c)
+
+
+def test_issued_macs_formula_matches_the_format():
+    weight = torch.randn(10, 12, 3, 3)
+    pruned, _ = prune(nn.Sequential(nn.Conv2d(12, 10, 3)).eval(), target="hikey970-cpu", keep_kernels=0.375)
+    packed = pack_pattern_weights(pruned[0].weight.detach().numpy(), LANES)
+    assert issued_macs_per_pixel(weight.shape, LANES, 4, 0.375) == packed.stored_macs_per_pixel
+
+
+def test_unreachable_ratio_names_the_limit():
+    with pytest.raises(ValueError, match="out of reach"):
+        prune(small_net(), target="hikey970-cpu", ratio=1000, example_input=torch.randn(1, 1, 12, 12))
+
+
+@pytest.mark.parametrize("schedule", ["iterative", "admm"])
+def test_schedules_end_aligned_and_keep_accuracy(schedule):
+    model = trained_net()
+    data = synthetic_batches()
+    before = evaluate(model, synthetic_batches(seed=1))
+    config = TrainConfig(lr=0.02, progress=False, admm_rho=(0.5, 20.0))
+    pruned, report = prune(model, target="hikey970-cpu", keep_kernels=0.5, data=data, schedule=schedule,
+                           epochs=6, train_config=config)
+    assert len(report.pruned_layers) == 4  # three 3x3 convs and the 1x1 (the 1-channel stem stays dense)
+    for conv in pruned_convs(pruned):
+        if conv.kernel_size == (3, 3):
+            check_aligned(conv.weight, LANES, 4, 0.5)
+    after = evaluate(pruned, synthetic_batches(seed=1))
+    assert before > 0.9 and after > before - 0.1
+    assert any("epoch" in h for h in config.history), "training happened"
+
+
+def test_admm_pulls_weights_into_the_sparsity_set():
+    config = TrainConfig(lr=0.02, progress=False, admm_rho=(0.5, 20.0))
+    prune(trained_net(), target="hikey970-cpu", keep_kernels=0.25, data=synthetic_batches(), schedule="admm",
+          epochs=6, train_config=config)
+    distances = [h["distance"] for h in config.history if "distance" in h]
+    assert len(distances) == 4, "before ADMM and after each of its 3 epochs"
+    assert distances[-1] < 0.6 * distances[0]
+
+
+def test_oneshot_with_epochs_fine_tunes():
+    config = TrainConfig(lr=0.02, progress=False)
+    prune(trained_net(), target="hikey970-cpu", data=synthetic_batches(), epochs=2, train_config=config)
+    assert [h["epoch"] for h in config.history] == [1, 2]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"schedule": "magic"}, "schedule must be one of"),
+    ({"schedule": "admm"}, "needs data"),
+    ({"schedule": "iterative", "data": [], "epochs": 1}, "epochs >= 2"),
+    ({"epochs": 3}, "needs data"),
+    ({"ratio": 0.5}, "ratio must be"),
+    ({"layer_keeps": {"nope": 0.5}}, "not pruned: nope"),
+    ({"layer_keeps": {"3": 1.5}}, "layer_keeps"),
+])
+def test_bad_schedule_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        prune(small_net(), target="hikey970-cpu", **kwargs)
+
+
+def test_layer_keeps_by_hand():
+    _, report = prune(small_net(), target="hikey970-cpu", layer_keeps={"3": 0.25, "7": 1.0})
+    by_name = {layer.name: layer for layer in report.layers}
+    assert by_name["3"].kept_kernels == 16 * 2 and by_name["7"].kept_kernels == 16 * 16
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_save_load_round_trip(tmp_path, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    model = mcp.models.get_model("vgg11_small", num_classes=4)
+    pruned, _ = prune(model, target="hikey970-cpu")
+    path = save_pruned(pruned, tmp_path / f"m{suffix}", meta={"model": "vgg11_small",
+                                                              "model_kwargs": {"num_classes": 4}})
+    loaded, meta = load_pruned(path)
+    assert meta["model_kwargs"] == {"num_classes": 4}
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned.eval()(x))
+    assert hasattr(loaded.features[4], "weight_mask")  # conv 16->32 (after conv, BN, ReLU, pool)
+
+
+def test_load_rejects_foreign_files(tmp_path):
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not written by save_pruned"):
+        load_pruned(tmp_path / "other.pt", small_net())
+    with pytest.raises(FileNotFoundError):
+        load_pruned(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="does not name its model"):
+        load_pruned(save_pruned(small_net(), tmp_path / "anon.pt"))
+
+
+def test_keep_levels_descend():
+    assert list(KEEP_LEVELS) == sorted(KEEP_LEVELS, reverse=True) and KEEP_LEVELS[0] == 1.0

@@ -1,0 +1,160 @@
+"""Training, masked fine-tuning and evaluation loops (torch only, tqdm progress).
+
+Pruned tensors are ``orig * mask`` reparametrizations (see :mod:`.masks`), so the
+gradient of a pruned weight is already zero. Weight decay and momentum still move the
+hidden ``*_orig`` entries, though, and a schedule that recomputes masks from ``orig``
+(or a user who removes a mask) would then see them come back. :func:`enforce_masks`
+zeroes those entries and their optimizer state after every step, so a pruned weight
+stays exactly zero everywhere, not just in the forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+__all__ = ["TrainConfig", "enforce_masks", "evaluate", "fit", "train_epoch", "predict"]
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+# An extra loss term evaluated every step (e.g. ADMM's proximal penalty).
+Penalty = Callable[[nn.Module], torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """SGD with Nesterov momentum and a cosine learning-rate schedule, per ``fit`` call."""
+
+    epochs: int = 10
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    progress: bool = True  # tqdm bars for epochs and batches
+    # ADMM's penalty weight rho, geometric from the first to the second value over the
+    # ADMM epochs. It must beat weight decay by far to pull W onto the sparsity set
+    # within a few epochs; lr * rho < 1 keeps the proximal step stable.
+    admm_rho: tuple[float, float] = (1e-2, 1.0)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _masked_params(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(orig parameter, mask)`` pairs of every pruning reparametrization in ``model``."""
+    pairs = []
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                name = hook._tensor_name
+                pairs.append((getattr(module, name + "_orig"), getattr(module, name + "_mask")))
+    return pairs
+
+
+@torch.no_grad()
+def enforce_masks(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Zero the hidden ``orig`` entries under a zero mask, and their optimizer state tensors."""
+    for orig, mask in _masked_params(model):
+        pruned = mask == 0
+        orig.masked_fill_(pruned, 0.0)
+        if optimizer is None:
+            continue
+        for value in optimizer.state.get(orig, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == orig.shape:
+                value.masked_fill_(pruned, 0.0)
+
+
+def _progress(iterable: Iterable, enabled: bool, **kwargs: object) -> Iterable:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def train_epoch(
+    model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, penalty: Penalty | None = None,
+    label_smoothing: float = 0.0, progress: bool = False, description: str = "train",
+) -> dict[str, float]:
+    """One pass of SGD over ``batches`` keeping masks enforced; mean loss and accuracy."""
+    model.train()
+    seen, correct, loss_sum = 0, 0, 0.0
+    for images, labels in _progress(batches, progress, desc=description):
+        logits = model(images)
+        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        total = loss + penalty(model) if penalty is not None else loss
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        enforce_masks(model, optimizer)
+        if scheduler is not None:
+            scheduler.step()
+        seen += len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        loss_sum += float(loss.detach()) * len(labels)
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predicted classes, labels)`` over ``batches`` in eval mode; the training flag is restored."""
+    was_training = model.training
+    model.eval()
+    preds, targets = [], []
+    try:
+        for images, labels in batches:
+            preds.append(model(images).argmax(1))
+            targets.append(labels)
+    finally:
+        model.train(was_training)
+    return torch.cat(preds), torch.cat(targets)
+
+
+def evaluate(model: nn.Module, batches: Batches) -> float:
+    """Top-1 accuracy of ``model`` on ``batches`` (eval mode, no gradients)."""
+    preds, labels = predict(model, batches)
+    return float((preds == labels).float().mean())
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """SGD (Nesterov); no weight decay on BatchNorm and bias vectors, as is usual."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+
+
+def fit(
+    model: nn.Module, train: Batches, config: TrainConfig, test: Batches | None = None,
+    penalty: Penalty | None = None, on_epoch_end: Callable[[int], None] | None = None,
+    description: str = "epoch",
+) -> nn.Module:
+    """Train ``config.epochs`` epochs (cosine LR to 0), masks held; logs to ``config.history``.
+
+    ``on_epoch_end(epoch)`` runs after each epoch (the ADMM Z/U updates hook in here).
+    With ``test``, each epoch's test accuracy is recorded and shown on the bar.
+    """
+    if config.epochs <= 0:
+        return model
+    optimizer = make_optimizer(model, config)
+    steps = config.epochs * max(len(train), 1) if hasattr(train, "__len__") else None
+    scheduler = None
+    if steps:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    enforce_masks(model, optimizer)
+    bar = _progress(range(config.epochs), config.progress, desc=description)
+    for epoch in bar:
+        stats = train_epoch(model, train, optimizer, scheduler, penalty, config.label_smoothing,
+                            progress=config.progress, description=f"{description} {epoch + 1}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+        if test is not None:
+            stats["test_accuracy"] = evaluate(model, test)
+        config.history.append({"epoch": epoch + 1, **stats})
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix({k: round(v, 4) for k, v in stats.items()})
+    return model
