@@ -300,9 +300,9 @@ class DenseTuner:
         distinct = {task.key: task for task in tasks}
         if self.trials_per_task:
             pending = self.pending(distinct.values())
+            action = "nothing to tune" if not pending else "tuning them" if tune else "--no-tune: used as they are"
             print(f"TVM dense: {len(distinct)} distinct tasks, {len(pending)} short of "
-                  f"{self.trials_per_task} trials ({'tuning them' if tune else '--no-tune: used as they are'})",
-                  flush=True)
+                  f"{self.trials_per_task} trials ({action})", flush=True)
         tuned = self.tune(list(distinct.values())) if tune else []
         short = [{"task": task.name, "key": task.key, "trials_done": self.trials_per_task - missing}
                  for task, missing in (self.pending(distinct.values()) if self.trials_per_task else [])]
