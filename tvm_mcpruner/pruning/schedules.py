@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .train import TrainConfig, fit
+from .train import TrainConfig, fit, recalibrate_batch_norm
 
 if TYPE_CHECKING:
     from torch import nn
@@ -55,12 +55,15 @@ def run_schedule(
         pattern_ids = apply_plan(plan)
         if data is not None and epochs:
             fit(model, data, replace(config, epochs=epochs, history=config.history), description="fine-tune")
-        return pattern_ids
-    if schedule == "iterative":
-        return _iterative(model, plan, apply_plan, data, epochs, config)
-    if schedule == "admm":
-        return _admm(model, plan, apply_plan, data, epochs, config)
-    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    elif schedule == "iterative":
+        pattern_ids = _iterative(model, plan, apply_plan, data, epochs, config)
+    elif schedule == "admm":
+        pattern_ids = _admm(model, plan, apply_plan, data, epochs, config)
+    else:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if data is not None:  # the pruned net's activations moved: fresh BatchNorm statistics
+        recalibrate_batch_norm(model, data)
+    return pattern_ids
 
 
 def _split_epochs(epochs: int) -> tuple[int, int]:

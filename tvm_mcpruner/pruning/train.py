@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-__all__ = ["TrainConfig", "enforce_masks", "evaluate", "fit", "train_epoch", "predict"]
+__all__ = ["TrainConfig", "enforce_masks", "evaluate", "fit", "train_epoch", "predict", "recalibrate_batch_norm"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # An extra loss term evaluated every step (e.g. ADMM's proximal penalty).
@@ -158,3 +158,33 @@ def fit(
         if hasattr(bar, "set_postfix"):
             bar.set_postfix({k: round(v, 4) for k, v in stats.items()})
     return model
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches: Batches, max_batches: int = 50) -> None:
+    """Re-estimate every BatchNorm's running statistics from ``batches`` (exact averages).
+
+    Pruning changes each layer's output distribution at once; the running statistics
+    follow only slowly (momentum 0.1), so an eval-mode forward right after pruning (or
+    after a short fine-tune) normalises with stale numbers and accuracy collapses even
+    though train-mode accuracy is fine. A forward pass over some batches with cumulative
+    averaging (``momentum=None``) fixes them; no weight changes.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m, m.momentum, m.training) for m in norms]
+    was_training = model.training
+    model.train()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    try:
+        for index, (images, _) in enumerate(batches):
+            if index >= max_batches:
+                break
+            model(images)
+    finally:
+        for norm, momentum, _ in saved:
+            norm.momentum = momentum
+        model.train(was_training)

@@ -196,3 +196,25 @@ def test_load_rejects_foreign_files(tmp_path):
 
 def test_keep_levels_descend():
     assert list(KEEP_LEVELS) == sorted(KEEP_LEVELS, reverse=True) and KEEP_LEVELS[0] == 1.0
+
+
+def test_batch_norm_recalibration_uses_exact_statistics_of_the_data():
+    model = small_net().train()
+    batches = synthetic_batches(n=128, batch=64)
+    for _ in range(3):  # running statistics drift towards, but do not reach, these batches
+        model(batches[0][0] * 3)
+    mcp.pruning.train.recalibrate_batch_norm(model, batches)
+    with torch.no_grad():
+        first_conv = model[0](torch.cat([x for x, _ in batches]))
+    bn = model[1]
+    # momentum=None averages the per-batch means: with equal batch sizes, the overall mean
+    assert torch.allclose(bn.running_mean, first_conv.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert bn.momentum == 0.1 and model.training
+
+
+def test_schedules_leave_batch_norm_matching_the_pruned_weights():
+    pruned, _ = prune(trained_net(), target="hikey970-cpu", keep_kernels=0.25, data=synthetic_batches(), epochs=0)
+    batches = synthetic_batches()
+    with torch.no_grad():
+        conv_out = pruned[3](pruned[2](pruned[1](pruned[0](torch.cat([x for x, _ in batches])))))
+    assert torch.allclose(pruned[4].running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-4)
