@@ -24,7 +24,8 @@ def _shape(text: str) -> tuple[int, ...]:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .models import model_names
 
-    p.add_argument("--model", default="resnet18", help=f"one of {', '.join(model_names())}")
+    p.add_argument("--model", default="resnet18",
+                   help=f"one of {', '.join(model_names())} (prune: also a .pt from mcp.save_pruned)")
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--input-shape", type=_shape, default=(1, 3, 224, 224), help="N,C,H,W")
@@ -60,17 +61,64 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
-    from .pruning import prune
+    from .pruning import prune, save_pruned
 
-    model = _build_model(args)
-    x = torch.randn(*args.input_shape)
-    pruned, report = prune(model, target=args.target, pattern_k=args.pattern_k,
-                           keep_kernels=args.keep_kernels, example_input=x)
-    print(report)
+    if args.data is None:
+        if args.schedule != "oneshot" or args.epochs:
+            raise ValueError(f"--schedule {args.schedule} / --epochs train the model: give --data")
+        model, meta = _build_model(args), {}
+        x = torch.randn(*args.input_shape)
+        pruned, report = prune(model, target=args.target, pattern_k=args.pattern_k, keep_kernels=args.keep_kernels,
+                               ratio=args.ratio, example_input=x)
+        print(report)
+    else:
+        pruned, report, meta = _prune_on_data(args)
     if args.out:
-        torch.save(pruned.state_dict(), args.out)
-        print(f"saved the pruned state_dict (weight_orig + weight_mask) to {args.out}")
+        save_pruned(pruned, args.out, meta={**meta, "report": report.to_dict()})
+        print(f"saved the pruned model (weight_orig + weight_mask, load with mcp.load_pruned) to {args.out}")
     return 0
+
+
+def _load_or_build(args: argparse.Namespace, kwargs: dict[str, int]):
+    """``--model``: a built-in name, or a .pt written by ``mcp.save_pruned`` (dense or pruned)."""
+    import torch
+
+    from .models import get_model
+    from .pruning import load_pruned
+
+    if args.model.endswith(".onnx"):
+        raise ValueError("--model: ONNX files cannot be pruned here (pruning trains a torch model); "
+                         "give a built-in name or a .pt written by mcp.save_pruned")
+    if args.model.endswith((".pt", ".pth", ".safetensors")):
+        model, meta = load_pruned(args.model)
+        return model, {"model": meta.get("model"), "model_kwargs": meta.get("model_kwargs", {})}
+    torch.manual_seed(args.seed)
+    if args.width != 1.0:
+        kwargs = {**kwargs, "width": args.width}
+    return get_model(args.model, **kwargs), {"model": args.model, "model_kwargs": kwargs}
+
+
+def _prune_on_data(args: argparse.Namespace):
+    """Prune (and train, per --schedule/--epochs) on local data; print the report and top-1."""
+    from .data import load_split
+    from .pruning import TrainConfig, evaluate, prune
+
+    train, test = load_split(args.data, "train"), load_split(args.data, "test")
+    if args.train_subset:
+        train = train.subset(args.train_subset, seed=args.seed)
+    model, meta = _load_or_build(args, {"in_channels": train.input_shape[0], "num_classes": len(train.classes)})
+    before = evaluate(model, test.loader(1000))
+    config = TrainConfig(lr=args.lr, progress=True)
+    pruned, report = prune(
+        model, target=args.target, pattern_k=args.pattern_k, keep_kernels=args.keep_kernels, ratio=args.ratio,
+        data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed), schedule=args.schedule,
+        epochs=args.epochs, train_config=config, example_input=train.normalise(train.images[:1]),
+    )
+    after = evaluate(pruned, test.loader(1000))
+    print(report)
+    print(f"top-1 on {train.name} test ({len(test)} images): {before:.4f} before, {after:.4f} after "
+          f"({args.schedule}, {args.epochs} epochs)")
+    return pruned, report, {**meta, "top1_before": before, "top1_after": after, "schedule": args.schedule}
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -78,16 +126,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     from .compiler import compile as mcp_compile
     from .frontend import from_onnx, from_torch
-    from .pruning import load_pruned_state_dict, prune
+    from .pruning import prune
 
     if args.onnx:
         mod = from_onnx(args.onnx, {args.input_name: list(args.input_shape)} if args.input_name else None)
     else:
-        model = _build_model(args)
         if args.weights:
-            # Re-create the pruning reparametrization, then load the saved masks + weights.
-            model = load_pruned_state_dict(model, torch.load(args.weights, weights_only=True))
+            model = _load_weights(args)
         else:
+            model = _build_model(args)
             model, _ = prune(model, target=args.target, pattern_k=args.pattern_k,
                              keep_kernels=args.keep_kernels)
         mod = from_torch(model, (torch.randn(*args.input_shape),))
@@ -103,6 +150,24 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         cm.export_library(args.out, **kwargs)
         print(f"wrote {args.out}")
     return 0
+
+
+def _load_weights(args: argparse.Namespace):
+    """A file from ``mcpruner prune --out`` / ``mcp.save_pruned`` (rebuilt from its meta when it
+    names its model), or a bare pruned state_dict (loaded into the --model built here)."""
+    import torch
+
+    from .models import get_model
+    from .pruning import load_pruned_state_dict
+    from .pruning.io import read_pruned
+
+    try:
+        state, meta = read_pruned(args.weights)
+    except ValueError:  # not save_pruned's layout: a plain state_dict
+        state, meta = torch.load(args.weights, map_location="cpu", weights_only=True), {}
+    model = get_model(meta["model"], **meta.get("model_kwargs", {})) if meta.get("model") else _build_model(args)
+    # Re-create the pruning reparametrization, then load the saved masks + weights.
+    return load_pruned_state_dict(model, state).eval()
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -140,16 +205,24 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", help="also write the result as JSON here")
     demo.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("prune", help="prune a built-in model and print the report")
+    p = sub.add_parser("prune", help="prune a model (and fine-tune it on local data) and print the report")
     _add_model_args(p)
     _add_prune_args(p)
-    p.add_argument("--out", help="save the pruned state_dict here (.pt)")
+    p.add_argument("--ratio", type=float, help="conv-MAC reduction target (per-layer keeps by sensitivity)")
+    p.add_argument("--data", help="'fashion-mnist' or a local CIFAR-10 / ImageFolder / idx directory: "
+                   "sets input shape and classes, trains per --schedule and reports top-1")
+    p.add_argument("--schedule", default="oneshot", choices=["oneshot", "iterative", "admm"])
+    p.add_argument("--epochs", type=int, default=0, help="training epochs of the schedule (needs --data)")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--train-subset", type=int, default=0, help="train on this many images (0: all)")
+    p.add_argument("--out", help="save the pruned model here (.pt; mcp.load_pruned reads it)")
     p.set_defaults(func=_cmd_prune)
 
     c = sub.add_parser("compile", help="compile a pruned model (built-in or .onnx) and export it")
     _add_model_args(c)
     _add_prune_args(c)
-    c.add_argument("--weights", help="pruned state_dict saved by 'mcpruner prune --out'")
+    c.add_argument("--weights", help="pruned model saved by 'mcpruner prune --out' (or a pruned state_dict)")
     c.add_argument("--onnx", help="compile this ONNX file instead of a built-in model")
     c.add_argument("--input-name", help="ONNX input to give --input-shape (for dynamic dims)")
     c.add_argument("--out", help="export the compiled library here (.so)")

@@ -1,0 +1,36 @@
+"""benchmarks/accuracy.py --quick: the accuracy pipeline end to end on a Fashion-MNIST subset."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tvm_mcpruner.data import FASHION_MNIST_DIR
+
+from .test_models import _load
+
+pytestmark = pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir() and os.environ.get("CI") != "true",
+    reason="dataset-fashion-mnist not installed (CI installs it via .ci/setup_data.sh)",
+)
+
+
+@pytest.mark.slow
+def test_quick_mode_prunes_compares_and_compiles(tmp_path):
+    accuracy = _load("accuracy")
+    payload = accuracy.main(["--quick", "--out", str(tmp_path), "--assets", str(tmp_path / "assets")])
+    entry = payload["models"]["vgg11_small"]
+    methods = [row["method"] for row in entry["rows"]]
+    assert methods == ["pattern+connectivity (admm)", "pattern+connectivity (iterative)",
+                       "unstructured magnitude", "filter (L1 channels)"]
+    ours = entry["rows"][:2]
+    assert all(row["mac_reduction"] >= 8 for row in ours)
+    assert all(abs(row["mac_reduction"] - ours[0]["mac_reduction"]) < 0.3 for row in entry["rows"]), "equal MACs"
+    assert entry["compiled"][0]["same_predictions"] >= 0.995
+    saved = json.loads((tmp_path / "accuracy_quick.json").read_text())
+    assert saved["models"]["vgg11_small"]["baseline"]["top1"] > 0.1
+    assert "| 8x | unstructured magnitude |" in (tmp_path / "accuracy_quick.md").read_text()
+    model, meta = accuracy.load_pruned(tmp_path / "assets" / "vgg11_small_fmnist_pruned_8x.pt")
+    assert meta["ratio"] == 8 and meta["report"]["mac_reduction"] >= 8
