@@ -259,7 +259,10 @@ def prune(
       between steps) or ``"admm"`` (PatDNN's extended ADMM, then hard prune + masked
       retraining); the last two need ``data`` and ``epochs >= 2``.
     * ``data``: an iterable of ``(images, labels)`` batches (a ``DataLoader`` or
-      :meth:`tvm_mcpruner.data.ImageData.loader`); ``train_config`` sets the optimiser.
+      :meth:`tvm_mcpruner.data.ImageData.loader`); ``train_config`` sets the optimiser
+      (default: SGD, lr 0.01, cosine, no progress bars). With ``data`` the BatchNorm
+      running statistics are re-estimated on it at the end (even with ``epochs=0``):
+      stale statistics, not the lost weights, cost most accuracy right after pruning.
 
     Masks stay applied as ``torch.nn.utils.prune`` reparametrizations (fine-tune freely;
     :func:`~.masks.bake` before export). With ``inplace=False`` the model is deep-copied
