@@ -33,7 +33,7 @@ import tvm_mcpruner as mcp
 from tvm_mcpruner.data import ImageData, load_split
 from tvm_mcpruner.models import get_model
 from tvm_mcpruner.pruning import TrainConfig, bake, evaluate, fit, load_pruned, prune, save_pruned
-from tvm_mcpruner.pruning.baselines import filter_prune, live_conv_macs, unstructured_like
+from tvm_mcpruner.pruning.baselines import filter_prune, unstructured_like
 from tvm_mcpruner.pruning.train import predict, recalibrate_batch_norm
 
 RESULTS = Path(__file__).resolve().parent / "results"
