@@ -361,7 +361,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="use the tuning database as it is (tasks short of the budget are listed in the results)")
     p.add_argument("--quick", action="store_true", help="width-1/4 models at 64x64, untuned TVM (CI smoke run)")
     p.add_argument("--keep-pointwise", type=float, default=None,
-                   help="kept share of 1x1 convs (default: each model's keep_kernels)")
+                   help="kept share of 1x1 convs (default: the model case's, else its keep_kernels)")
     p.add_argument("--keep-linear", type=float, default=None, help="kept share of Linear layers (default: dense)")
     p.add_argument("--size", type=int, default=None, help="input height/width (default 224; 64 with --quick)")
     p.add_argument("--autotune-root", type=Path, default=C.REPO_ROOT / "autotune_logs")
@@ -384,8 +384,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     C.setup(args.threads, args.verbose)
     tuner = C.DenseTuner(args.tune_trials, args.autotune_root, threads=args.threads)
-    cases = [replace(CASES[m], keep_pointwise=args.keep_pointwise, keep_linear=args.keep_linear)
-             for m in args.model_list]
+    overrides = {k: v for k, v in (("keep_pointwise", args.keep_pointwise), ("keep_linear", args.keep_linear))
+                 if v is not None}  # flags given on the command line win over the case's own
+    cases = [replace(CASES[m], **overrides) for m in args.model_list]
     tasks = [t for case in cases for t in model_tasks(case, args.size, args.width, tuner)] if args.tune_trials else []
     tuning = tuner.tune_and_report(tasks, tune=not args.no_tune)
     if args.tune_only:

@@ -1,4 +1,4 @@
-"""The ``"mcpruner"`` Relax pipeline: our rewrites, then the target's default lowering.
+"""The ``"mcpruner"`` Relax pipeline: our rewrites, then the target's lowering.
 
 Registered on import, so plain TVM users write::
 
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
+from tvm.s_tir import dlight
 
 from tvm_mcpruner.sparse_format import MIN_MAC_REDUCTION
 from tvm_mcpruner.targets import TargetPreset, get_preset, preset_for_tvm_target
 
+from .cpu_fallback import ParallelVectorizeLeftovers
 from .rewrite_sparse_conv2d import RewriteSparseConv2d
 
 __all__ = ["mcpruner_pipeline"]
@@ -43,9 +45,28 @@ def mcpruner_pipeline(
         with tvm_target:
             mod = relax.transform.FoldConstant()(mod)  # bias arrives as reshape(const)
             mod = rewriter(mod)
-            return relax.get_default_pipeline(tvm_target)(mod)
+            return _lowering(tvm_target, preset.vector_width)(mod)
 
     return _pipeline
+
+
+def _lowering(target: tvm.target.Target, lanes: int) -> tvm.transform.Pass:
+    """TVM's default lowering for ``target``; on CPUs with the leftover ops scheduled.
+
+    The CPU stages are TVM's own (``relax.backend.cpu_generic``), with one addition
+    after fusion: :class:`ParallelVectorizeLeftovers` for every PrimFunc not scheduled yet.
+    """
+    if target.kind.name != "llvm":
+        return relax.get_default_pipeline(target)
+    from tvm.relax.backend.cpu_generic import pipeline as cpu  # dataflow_lower_passes is not re-exported
+
+    return tvm.transform.Sequential(
+        cpu.library_dispatch_passes(target)
+        + cpu.legalize_passes(target)
+        + [dlight.ApplyDefaultSchedule(ParallelVectorizeLeftovers(lanes))]
+        + cpu.dataflow_lower_passes(target)
+        + cpu.finalize_passes(target)
+    )
 
 
 if "mcpruner" not in relax.pipeline.PIPELINE_MAP:
