@@ -27,7 +27,10 @@ def test_quick_mode_prunes_compares_and_compiles(tmp_path):
                        "unstructured magnitude", "filter (L1 channels)"]
     ours = entry["rows"][:2]
     assert all(row["mac_reduction"] >= 8 for row in ours)
-    assert all(abs(row["mac_reduction"] - ours[0]["mac_reduction"]) < 0.3 for row in entry["rows"]), "equal MACs"
+    # equal MACs: unstructured copies our per-layer counts; filter pruning bisects whole
+    # channels to at least our reduction
+    assert entry["rows"][2]["mac_reduction"] == pytest.approx(ours[0]["mac_reduction"], rel=0.01)
+    assert ours[0]["mac_reduction"] <= entry["rows"][3]["mac_reduction"] < 1.2 * ours[0]["mac_reduction"]
     assert entry["compiled"][0]["same_predictions"] >= 0.995
     saved = json.loads((tmp_path / "accuracy_quick.json").read_text())
     assert saved["models"]["vgg11_small"]["baseline"]["top1"] > 0.1
