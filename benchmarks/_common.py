@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import logging
@@ -25,7 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from torch import nn
 from tvm import relax
 
 import tvm_mcpruner as mcp
-from tvm_mcpruner.benchmark import machine_info, set_threads
+from tvm_mcpruner.benchmark import flushed_denormals, machine_info, onnxruntime_session, rel_error, set_threads
 
 logger = logging.getLogger("mcpruner.benchmarks")
 
@@ -111,11 +110,6 @@ class Timing:
                 "max_rel_error": self.max_rel_error, "note": self.note}
 
 
-def rel_error(y: np.ndarray, ref: np.ndarray) -> float:
-    """max |y - ref| / max |ref|."""
-    return float(np.abs(y - ref).max() / max(float(np.abs(ref).max()), 1e-30))
-
-
 def measure_all(runners: dict[str, Runner], refs: dict[str, np.ndarray], repeats: int,
                 notes: dict[str, str] | None = None) -> dict[str, Timing]:
     """Check each runner's output against its reference, then time them all interleaved."""
@@ -138,16 +132,6 @@ def _as_numpy(out: Any) -> np.ndarray:
 DENSE_FRAMEWORKS = ("torch", "onnxruntime", "tvm-dense")
 
 
-@contextlib.contextmanager
-def flushed_denormals() -> Iterator[None]:
-    """torch with denormals flushed (what a deployment does; oneDNN is ~50x slower on them)."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-
-
 def torch_runner(model: nn.Module, x: torch.Tensor) -> Runner:
     model = model.eval()
 
@@ -160,14 +144,8 @@ def torch_runner(model: nn.Module, x: torch.Tensor) -> Runner:
 
 def onnxruntime_runner(model: nn.Module, x: torch.Tensor, threads: int, workdir: Path) -> Runner:
     """An ORT session on the CPU provider: ``threads`` intra-op threads, denormals as zero."""
-    import onnxruntime as ort
-
     path = mcp.export_onnx(model, (x,), workdir / "model.onnx")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(path, threads)
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
 

@@ -7,6 +7,7 @@ after warm-up). Ratios measured in one run are the only speed claims we make.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -14,11 +15,20 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-__all__ = ["FrameworkTiming", "ComparisonResult", "compare_frameworks", "machine_info", "set_threads"]
+__all__ = [
+    "ComparisonResult",
+    "FrameworkTiming",
+    "compare_frameworks",
+    "flushed_denormals",
+    "machine_info",
+    "onnxruntime_session",
+    "rel_error",
+    "set_threads",
+]
 
 
 @dataclass
@@ -96,8 +106,37 @@ def _time(fn: Callable[[], Any], warmup: int, repeat: int) -> list[float]:
     return out
 
 
-def _rel_error(y: np.ndarray, ref: np.ndarray) -> float:
+def rel_error(y: np.ndarray, ref: np.ndarray) -> float:
+    """max |y - ref| / max |ref|: the error every benchmark reports."""
     return float(np.abs(y - ref).max() / max(float(np.abs(ref).max()), 1e-30))
+
+
+@contextlib.contextmanager
+def flushed_denormals() -> Iterator[None]:
+    """torch with denormals flushed to zero for the duration.
+
+    Denormal activations send oneDNN down a path ~50x slower; flushing them is what a
+    deployment would do, so the dense baselines get it (our kernels do not need it).
+    """
+    import torch
+
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def onnxruntime_session(path: "str | Path", threads: int) -> Any:
+    """An onnxruntime CPU session as the benchmarks run it: ``threads`` intra-op threads,
+    one inter-op thread, denormals as zero."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def compare_frameworks(
@@ -113,7 +152,6 @@ def compare_frameworks(
     progress: Callable[[str], None] | None = None,
 ) -> ComparisonResult:
     """Time the pruned model in torch, onnxruntime, TVM dense (untuned) and mcpruner."""
-    import onnxruntime as ort
     import torch
     import tvm
 
@@ -133,27 +171,18 @@ def compare_frameworks(
     with torch.inference_mode():
         ref = model(xt).numpy()
         say("timing torch (oneDNN) dense")
-        # Denormal activations send oneDNN down a path ~50x slower; flushing them to zero
-        # is what a deployment would do, so the baselines get it (our kernels do not).
-        torch.set_flush_denormal(True)
-        try:
+        with flushed_denormals():
             times = _time(lambda: model(xt), warmup, repeat)
-        finally:
-            torch.set_flush_denormal(False)
     timings.append(FrameworkTiming("torch", statistics.median(times), times, 0.0, "oneDNN, dense"))
 
     say("exporting ONNX and timing onnxruntime dense")
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, (xt,), Path(tmp) / "model.onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(path, threads)
         feed = {session.get_inputs()[0].name: x}
         y = session.run(None, feed)[0]
         times = _time(lambda: session.run(None, feed), warmup, repeat)
-    timings.append(FrameworkTiming("onnxruntime", statistics.median(times), times, _rel_error(y, ref), "dense"))
+    timings.append(FrameworkTiming("onnxruntime", statistics.median(times), times, rel_error(y, ref), "dense"))
 
     say("importing into Relax")
     mod = from_torch(model, (xt,))
@@ -165,7 +194,7 @@ def compare_frameworks(
         y = vm["main"](arg).numpy()
         times = _time(lambda: vm["main"](arg), 1, max(3, min(repeat, 5)))
         timings.append(
-            FrameworkTiming("tvm-dense", statistics.median(times), times, _rel_error(y, ref), "untuned")
+            FrameworkTiming("tvm-dense", statistics.median(times), times, rel_error(y, ref), "untuned")
         )
 
     say("compiling and timing mcpruner sparse")
@@ -175,7 +204,7 @@ def compare_frameworks(
     arg = tvm.runtime.tensor(x)
     y = cm.vm["main"](arg).numpy()
     times = _time(lambda: cm.vm["main"](arg), warmup, repeat)
-    timings.append(FrameworkTiming("mcpruner", statistics.median(times), times, _rel_error(y, ref), "sparse"))
+    timings.append(FrameworkTiming("mcpruner", statistics.median(times), times, rel_error(y, ref), "sparse"))
 
     facts = {
         "sparse_layers": cm.num_sparse_layers,
