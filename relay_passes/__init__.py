@@ -1,11 +1,20 @@
 """Relax passes of tvm-mcpruner (the design card's "Relay passes": Relay became Relax).
 
 ``RewriteSparseConv2d`` finds conv2d ops with constant pruned weights and rewrites them
-into calls of ``topi_sparse`` kernels; importing this package registers the
+into calls of ``topi_sparse`` kernels; ``ApplyTuningDatabase`` and
+``ScheduleSparseKernels`` give those kernels a tuned or the default schedule; importing this package registers the
 ``"mcpruner"`` Relax pipeline (``tvm.relax.get_pipeline("mcpruner")``).
 """
 
-from .pipeline import mcpruner_pipeline
+from .pipeline import mcpruner_pipeline, to_tir_stage
 from .rewrite_sparse_conv2d import RewriteSparseConv2d, SparseLayerRecord
+from .schedule_kernels import ApplyTuningDatabase, ScheduleSparseKernels
 
-__all__ = ["RewriteSparseConv2d", "SparseLayerRecord", "mcpruner_pipeline"]
+__all__ = [
+    "ApplyTuningDatabase",
+    "RewriteSparseConv2d",
+    "ScheduleSparseKernels",
+    "SparseLayerRecord",
+    "mcpruner_pipeline",
+    "to_tir_stage",
+]

@@ -65,7 +65,9 @@ class RewriteSparseConv2d:
     The weight is packed into the pattern-aware format with the target preset's vector
     width; the structure is read from the weight values alone. Emits
     ``R.call_tir(pattern_conv2d_<i>, (x, values, offsets[, bias]))`` whose PrimFunc is
-    scheduled for the target family, with bias and activation fused.
+    the kernel's *unscheduled* compute (bias and activation fused), marked with
+    ``topi_sparse.KERNEL_ATTR``: the pipeline then applies a tuned schedule from a
+    tuning log, or the default one (:class:`ScheduleSparseKernels`).
 
     A ``relax.matmul(x, <const [C, O]>)`` on a 2-D ``x`` (a Linear / Gemm layer) is first
     rewritten as ``reshape(conv2d(reshape(x, [N, C, 1, 1]), W^T as [O, C, 1, 1]), [N, O])``
@@ -319,9 +321,9 @@ class _Rewriter:
             row_channel, row_tap, plan.packed.values, stride=int(attrs.strides[0]),
             padding=padding, family=self.preset.family, with_bias=bias is not None, clip=clip,
         )
-        # Opaque to FuseOps: fusing an epilogue would append it unscheduled (and drop
-        # tirx.is_scheduled); bias and activation are already fused here.
-        prim = kernel.func.without_attr("global_symbol").with_attr("op_pattern", _OPAQUE)
+        # Opaque to FuseOps: a fused epilogue would change the workload that tuning logs
+        # are keyed by and that our schedules expect; bias and activation are fused here.
+        prim = kernel.compute.without_attr("global_symbol").with_attr("op_pattern", _OPAQUE)
         gvar = self.builder.add_func(prim, "pattern_conv2d")
         if kernel.input_shape != tuple(int(d) for d in data.ty.shape):
             data = relax.op.reshape(data, kernel.input_shape)  # a view, no copy

@@ -10,30 +10,98 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tvm import te, tirx
+from tvm import s_tir, te, tirx
 
-from .knobs import PatternConvKnobs, default_pattern_conv_knobs
+from .knobs import LOOP_ORDERS, PatternConvKnobs, default_pattern_conv_knobs, max_accumulators
 from .pattern_conv2d import PatternConvShape, kernel_operands, pattern_conv2d_nchw
-from .x86 import schedule_pattern_conv2d_cpu
+from .x86 import apply_pattern_conv2d_cpu, pattern_conv2d_cpu_spaces
 
 __all__ = [
+    "KERNEL_ATTR",
+    "LOOP_ORDERS",
     "PatternConvKnobs",
     "PatternConvShape",
     "PatternConvKernel",
     "UnsupportedTargetError",
     "build_pattern_conv2d",
     "default_pattern_conv_knobs",
+    "is_unscheduled_kernel",
     "kernel_operands",
+    "max_accumulators",
+    "pattern_conv2d_compute",
+    "pattern_conv2d_design_spaces",
     "pattern_conv2d_primfunc",
+    "schedule_pattern_conv2d",
     "SCHEDULED_FAMILIES",
 ]
 
-_SCHEDULES = {"x86": schedule_pattern_conv2d_cpu, "arm_cpu": schedule_pattern_conv2d_cpu}
+# family -> (apply fixed knobs to a Schedule, design spaces of a Schedule)
+_SCHEDULES = {
+    "x86": (apply_pattern_conv2d_cpu, pattern_conv2d_cpu_spaces),
+    "arm_cpu": (apply_pattern_conv2d_cpu, pattern_conv2d_cpu_spaces),
+}
 SCHEDULED_FAMILIES = tuple(_SCHEDULES)
+# PrimFunc attribute that marks our kernels (value: the kernel's name); the Relax
+# pipeline schedules marked functions that tuning did not schedule already.
+KERNEL_ATTR = "mcpruner.kernel"
 
 
 class UnsupportedTargetError(NotImplementedError):
     """No sparse schedule exists yet for this target family."""
+
+
+def _check_family(family: str) -> None:
+    if family not in _SCHEDULES:
+        raise UnsupportedTargetError(
+            f"no pattern_conv2d schedule for target family {family!r} "
+            f"(scheduled: {', '.join(SCHEDULED_FAMILIES)})"
+        )
+
+
+def pattern_conv2d_compute(
+    shape: PatternConvShape,
+    tile_w: int,
+    *,
+    with_bias: bool = False,
+    clip: tuple[float | None, float | None] | None = None,
+) -> tirx.PrimFunc:
+    """The unscheduled PrimFunc ``(data, values, offsets[, bias], out)`` of one layer.
+
+    ``tile_w`` pads ``acc``'s columns to a multiple of it; any schedule whose register
+    tile divides that padded width fits the same compute (the tuning workload).
+    """
+    tensors = pattern_conv2d_nchw(shape, tile_w, with_bias, clip)
+    return te.create_prim_func(tensors).with_attrs({
+        KERNEL_ATTR: "pattern_conv2d",
+        "mcpruner.padded_width": shape.padded_width(tile_w),
+        "mcpruner.tile_w": tile_w,
+        "mcpruner.lanes": shape.lanes,
+    })
+
+
+def is_unscheduled_kernel(func) -> bool:
+    """True for a ``topi_sparse`` compute that no schedule (default or tuned) reached yet."""
+    attrs = func.attrs if isinstance(func, tirx.PrimFunc) else None
+    return bool(attrs) and KERNEL_ATTR in attrs and not attrs.get("tirx.is_scheduled", False)
+
+
+def schedule_pattern_conv2d(
+    func: tirx.PrimFunc, family: str, knobs: PatternConvKnobs | None = None
+) -> tirx.PrimFunc:
+    """Schedule a :func:`pattern_conv2d_compute` with ``knobs`` (default: its compute's tile)."""
+    _check_family(family)
+    if knobs is None:
+        knobs = PatternConvKnobs(lanes=int(func.attrs["mcpruner.lanes"]),
+                                 tile_w=int(func.attrs["mcpruner.tile_w"]))
+    sch = s_tir.Schedule(func)
+    _SCHEDULES[family][0](sch, knobs)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def pattern_conv2d_design_spaces(sch: s_tir.Schedule, family: str) -> list[s_tir.Schedule]:
+    """MetaSchedule design spaces of a :func:`pattern_conv2d_compute` for ``family``."""
+    _check_family(family)
+    return _SCHEDULES[family][1](sch)
 
 
 def pattern_conv2d_primfunc(
@@ -48,18 +116,12 @@ def pattern_conv2d_primfunc(
 
     ``clip`` = (min, max), either None for no bound, fuses ReLU / ReLU6 into the write-out.
     """
-    if family not in _SCHEDULES:
-        raise UnsupportedTargetError(
-            f"no pattern_conv2d schedule for target family {family!r} "
-            f"(scheduled: {', '.join(SCHEDULED_FAMILIES)})"
-        )
+    _check_family(family)
     knobs = knobs or default_pattern_conv_knobs(shape.out_width, shape.lanes)
     if knobs.lanes != shape.lanes:
         raise ValueError(f"knobs.lanes={knobs.lanes} must equal the packed group size {shape.lanes}")
-    tensors = pattern_conv2d_nchw(shape, knobs.tile_w, with_bias, clip)
-    func = te.create_prim_func(tensors)
-    func = func.with_attr("mcpruner.padded_width", shape.padded_width(knobs.tile_w))
-    return _SCHEDULES[family](func, knobs)
+    func = pattern_conv2d_compute(shape, knobs.tile_w, with_bias=with_bias, clip=clip)
+    return schedule_pattern_conv2d(func, family, knobs)
 
 
 @dataclass(frozen=True)
@@ -67,6 +129,8 @@ class PatternConvKernel:
     """One layer's scheduled kernel and the constant operands it reads.
 
     Call ``func`` as ``(data.reshape(input_shape), values, offsets[, bias], out)``;
+    ``compute`` is the same function unscheduled (what the Relax pass emits and tuning
+    searches over);
     ``input_shape`` is the NCHW input or, when the kernel reads it directly, its
     flattened ``[N, C*H*W]`` view (see ``PatternConvShape.reads_input_directly``).
     """
@@ -76,6 +140,7 @@ class PatternConvKernel:
     offsets: np.ndarray
     shape: PatternConvShape
     knobs: PatternConvKnobs
+    compute: tirx.PrimFunc
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -120,5 +185,8 @@ def build_pattern_conv2d(
         probe.padded_height(), probe.padded_width(knobs.tile_w),
     )
     shape = PatternConvShape(n, c, h, w, o, (kh, kw), stride, tuple(padding), lanes, values.shape[1])
-    func = pattern_conv2d_primfunc(shape, family, with_bias=with_bias, clip=clip, knobs=knobs)
-    return PatternConvKernel(func, values, offsets, shape, knobs)
+    if knobs.lanes != lanes:
+        raise ValueError(f"knobs.lanes={knobs.lanes} must equal the packed group size {lanes}")
+    compute = pattern_conv2d_compute(shape, knobs.tile_w, with_bias=with_bias, clip=clip)
+    func = schedule_pattern_conv2d(compute, family, knobs)
+    return PatternConvKernel(func, values, offsets, shape, knobs, compute)

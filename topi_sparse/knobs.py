@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PatternConvKnobs", "default_pattern_conv_knobs"]
+__all__ = ["LOOP_ORDERS", "PatternConvKnobs", "default_pattern_conv_knobs", "max_accumulators"]
 
 # Accumulator vectors a register tile may use: the ISA's vector registers minus the
 # weight vector and a little slack for the compiler (AVX-512 and NEON have 32, AVX2 16).
 _MAX_ACCUMULATORS = {16: 28, 8: 13, 4: 24}
 _ENTRY_OVERHEAD = 3
+# Which of (filter group, output row tile) is the outer loop of the parallel nest:
+# "group" keeps one group's weights hot while a thread walks rows, "row" keeps a band
+# of input rows hot while it walks groups.
+LOOP_ORDERS = ("group", "row")
 
 
 @dataclass(frozen=True)
@@ -17,13 +21,29 @@ class PatternConvKnobs:
     """How one pattern-sparse conv is scheduled.
 
     lanes: filters per vector (= the packed weight's group size; fixed by the format).
-    tile_w: output columns per register tile (accumulators = tile_w vectors).
+    tile_w: output columns per register tile; it must divide the compute's padded
+        output width (see ``pattern_conv2d_nchw``).
+    tile_h: output rows per register tile (accumulators = tile_h * tile_w vectors).
+    order: loop order of the parallel nest, one of :data:`LOOP_ORDERS`.
     vectorize_store: write the transposed tile out with vector stores along columns.
     """
 
     lanes: int
     tile_w: int
     vectorize_store: bool = True
+    tile_h: int = 1
+    order: str = "group"
+
+    def __post_init__(self) -> None:
+        if self.order not in LOOP_ORDERS:
+            raise ValueError(f"order must be one of {LOOP_ORDERS}, got {self.order!r}")
+        if self.tile_w < 1 or self.tile_h < 1:
+            raise ValueError(f"tile sizes must be >= 1, got tile_w={self.tile_w} tile_h={self.tile_h}")
+
+
+def max_accumulators(lanes: int) -> int:
+    """Vector accumulators a register tile may hold for ``lanes``-wide fp32 vectors."""
+    return _MAX_ACCUMULATORS.get(lanes, 12)
 
 
 def default_pattern_conv_knobs(out_width: int, lanes: int) -> PatternConvKnobs:
@@ -33,7 +53,7 @@ def default_pattern_conv_knobs(out_width: int, lanes: int) -> PatternConvKnobs:
     (offset load, weight load, address arithmetic), and a row needs ceil(OW / tile)
     tiles; wide tiles amortise the overhead, tiles that overshoot OW waste columns.
     """
-    limit = _MAX_ACCUMULATORS.get(lanes, 12)
+    limit = max_accumulators(lanes)
 
     def cost(tile: int) -> tuple[int, int]:
         return (-(-out_width // tile) * (tile + _ENTRY_OVERHEAD), -tile)

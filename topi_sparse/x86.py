@@ -1,32 +1,80 @@
 """CPU schedule of the pattern-sparse conv2d: *how* it runs on x86 (AVX2 / AVX-512).
 
-The register tile is ``tile_w`` output columns x one vector of ``V`` filters: for every
-(kernel, tap) entry the kernel loads one weight vector and issues ``tile_w`` FMAs, each
-with the input value broadcast straight from memory (``vfmadd231ps mem{1toV}``), so one
-offset load and one weight load serve the whole tile. The accumulator tile lives in
-registers (``acc`` is local and the tile loops are unrolled/vectorized); the write-out
-transposes it into NCHW with bias and ReLU fused. Rows x filter groups run in parallel;
-the pruner gives every group the same work, so a static split balances the threads.
+The register tile is ``tile_h`` output rows x ``tile_w`` output columns x one vector of
+``V`` filters: for every (kernel, tap) entry the kernel loads one weight vector and
+issues ``tile_h * tile_w`` FMAs, each with the input value broadcast straight from
+memory (``vfmadd231ps mem{1toV}``), so one offset load and one weight load serve the
+whole tile. The accumulator tile lives in registers (``acc`` is local and the tile
+loops are unrolled/vectorized); the write-out transposes it into NCHW with bias and
+ReLU fused. Rows x filter groups run in parallel; the pruner gives every group the same
+work, so a static split balances the threads.
 
 The same schedule serves NEON (``V`` = 4) through LLVM's aarch64 backend: it only uses
 generic primitives (split, reorder, compute_at, vectorize, unroll, parallel).
+
+Tuning: the tile sizes are *sampled* (``sample_perfect_tile`` on ``acc``'s padded
+column loop and its row loop), so a schedule with fixed knobs and one drawn by
+MetaSchedule have the same trace and only differ in their decisions. Loop order and the
+store style change the loop structure, so each combination is its own design space
+(:func:`pattern_conv2d_cpu_spaces`).
 """
 
 from __future__ import annotations
 
+import itertools
+
 from tvm import s_tir, tirx
 
-from .knobs import PatternConvKnobs
+from .knobs import LOOP_ORDERS, PatternConvKnobs, max_accumulators
 
-__all__ = ["schedule_pattern_conv2d_cpu"]
+__all__ = ["apply_pattern_conv2d_cpu", "pattern_conv2d_cpu_spaces", "schedule_pattern_conv2d_cpu"]
+
+_MAX_TILE_ROWS = 4
 
 
 def schedule_pattern_conv2d_cpu(func: tirx.PrimFunc, knobs: PatternConvKnobs) -> tirx.PrimFunc:
     """Schedule the PrimFunc made from :func:`pattern_conv2d_nchw` for a CPU target."""
     sch = s_tir.Schedule(func)
-    _schedule_pad(sch)
-    _schedule_conv(sch, knobs)
+    apply_pattern_conv2d_cpu(sch, knobs)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def apply_pattern_conv2d_cpu(sch: s_tir.Schedule, knobs: PatternConvKnobs) -> None:
+    """Apply the schedule with fixed ``knobs`` (recorded as sampling decisions) to ``sch``."""
+    acc = sch.get_sblock("acc")
+    _, _, oh, ow = sch.get_loops(acc)[:4]
+    rows, cols = _extent(sch, oh), _extent(sch, ow)
+    if cols % knobs.tile_w or rows % knobs.tile_h:
+        raise ValueError(f"tile {knobs.tile_h}x{knobs.tile_w} must divide acc's {rows}x{cols} "
+                         "(padded output rows x columns)")
+    _schedule_pad(sch)
+    _schedule_conv(sch, knobs.order, knobs.vectorize_store, lanes=knobs.lanes,
+                   tile_w=[cols // knobs.tile_w, knobs.tile_w], tile_h=[rows // knobs.tile_h, knobs.tile_h])
+
+
+def pattern_conv2d_cpu_spaces(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
+    """MetaSchedule design spaces: one per (loop order, store style), tiles sampled.
+
+    Tile widths are divisors of ``acc``'s padded columns up to the accumulator budget,
+    tile heights divisors of the output rows up to 4; tiles whose product overflows the
+    register file are left in (they spill and measure slow; the cost model learns it).
+    """
+    spaces = []
+    for order, vectorize_store in itertools.product(LOOP_ORDERS, (True, False)):
+        space = sch.copy()
+        space.seed(sch.fork_seed())
+        _schedule_pad(space)
+        _schedule_conv(space, order, vectorize_store, lanes=_lanes(space), tile_w=None, tile_h=None)
+        spaces.append(space)
+    return spaces
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _lanes(sch: s_tir.Schedule) -> int:
+    return _extent(sch, sch.get_loops(sch.get_sblock("acc"))[4])
 
 
 def _schedule_pad(sch: s_tir.Schedule) -> None:
@@ -47,22 +95,33 @@ def _padded_row_width(sch: s_tir.Schedule) -> int:
     return int(sch.mod["main"].attrs["mcpruner.padded_width"])
 
 
-def _schedule_conv(sch: s_tir.Schedule, knobs: PatternConvKnobs) -> None:
+def _schedule_conv(sch: s_tir.Schedule, order: str, vectorize_store: bool, *, lanes: int,
+                   tile_w: list[int] | None, tile_h: list[int] | None) -> None:
+    """The conv nest; ``tile_w``/``tile_h`` are fixed decisions, or None to sample them."""
     out = sch.get_sblock("out")
     acc = sch.get_sblock("acc")
+    _, _, acc_oh, acc_ow = sch.get_loops(acc)[:4]
+    # Sampled on acc's loops: its columns are padded to full tiles, so every divisor of
+    # the padded width is a valid tile, including tiles that do not divide OW.
+    _, tw = sch.sample_perfect_tile(acc_ow, n=2, max_innermost_factor=max_accumulators(lanes),
+                                    decision=tile_w)
+    _, th = sch.sample_perfect_tile(acc_oh, n=2, max_innermost_factor=_MAX_TILE_ROWS, decision=tile_h)
     n, o, oh, ow = sch.get_loops(out)
-    go, vo = sch.split(o, [None, knobs.lanes])
-    wo, wi = sch.split(ow, [None, knobs.tile_w])
-    sch.reorder(n, go, oh, wo, vo, wi)
+    go, vo = sch.split(o, [None, lanes])
+    ho, hi = sch.split(oh, [None, th])
+    wo, wi = sch.split(ow, [None, tw])
+    outer = [n, go, ho] if order == "group" else [n, ho, go]
+    sch.reorder(*outer, wo, vo, hi, wi)
     sch.compute_at(acc, wo, preserve_unit_loops=True)
     sch.set_scope(acc, 0, "local")
-    # acc's loops under wo: n, g, oh (unit), then ow (tile_w), v (lanes), e.
-    tile, lane, entry = sch.get_loops(acc)[-3:]
-    sch.reorder(entry, tile, lane)
+    # acc's loops under wo: n, g (unit), oh (tile_h), ow (tile_w), v (lanes), e.
+    row, col, lane, entry = sch.get_loops(acc)[-4:]
+    sch.reorder(entry, row, col, lane)
     sch.vectorize(lane)
-    sch.unroll(tile)
-    sch.parallel(sch.fuse(n, go, oh))
-    sch.vectorize(wi) if knobs.vectorize_store else sch.unroll(wi)
+    sch.unroll(col)
+    sch.unroll(row)
+    sch.parallel(sch.fuse(*outer))
+    sch.vectorize(wi) if vectorize_store else sch.unroll(wi)
     # Initialising acc must happen per tile, outside the entry loop (after parallel and
     # vectorize, or decompose_reduction refuses the non-compact dataflow).
     sch.decompose_reduction(acc, entry)

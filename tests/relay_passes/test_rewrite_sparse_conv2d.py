@@ -92,7 +92,7 @@ def _padding4(padding):
 def _sparse_call(bb, x, in_shape, weight, *, preset=HOST, bias=None, clip=None, stride=1, padding=1):
     """What the pass emits for one conv, written out from the public kernel API.
 
-    Adds the scheduled PrimFunc (no global_symbol, op_pattern opaque) to ``bb`` and
+    Adds the kernel's unscheduled compute (no global_symbol, op_pattern opaque) to ``bb`` and
     returns ``R.call_tir(gv, (x, values, offsets[, bias]))``, ``x`` reshaped to
     ``[N, C*H*W]`` first when the kernel reads its input directly (no padding).
     """
@@ -104,7 +104,7 @@ def _sparse_call(bb, x, in_shape, weight, *, preset=HOST, bias=None, clip=None, 
         stride=stride, padding=_padding4(padding), family=preset.family,
         with_bias=bias is not None, clip=clip,
     )
-    prim = kernel.func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
+    prim = kernel.compute.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
     gvar = bb.add_func(prim, "pattern_conv2d")
     if kernel.input_shape != tuple(in_shape):
         x = bb.emit(relax.op.reshape(x, kernel.input_shape))
