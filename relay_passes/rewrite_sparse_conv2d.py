@@ -41,6 +41,7 @@ class SparseLayerRecord:
     mac_reduction: float = 1.0
     fill: float = 1.0
     fused: list[str] = field(default_factory=list)
+    function: str = ""  # the PrimFunc that runs it (after the rewrite); "" if TVM's own
 
     def __str__(self) -> str:
         state = "sparse" if self.sparse else "dense "
@@ -325,6 +326,7 @@ class _Rewriter:
         # are keyed by and that our schedules expect; bias and activation are fused here.
         prim = kernel.compute.without_attr("global_symbol").with_attr("op_pattern", _OPAQUE)
         gvar = self.builder.add_func(prim, "pattern_conv2d")
+        plan.record.function = gvar.name_hint
         if kernel.input_shape != tuple(int(d) for d in data.ty.shape):
             data = relax.op.reshape(data, kernel.input_shape)  # a view, no copy
         order = plan.packed.filter_order  # the kernel computes filters in packed order

@@ -25,6 +25,7 @@ __all__ = [
     "UnsupportedTargetError",
     "build_pattern_conv2d",
     "default_pattern_conv_knobs",
+    "apply_default_schedule",
     "is_unscheduled_kernel",
     "kernel_operands",
     "max_accumulators",
@@ -94,8 +95,18 @@ def schedule_pattern_conv2d(
         knobs = PatternConvKnobs(lanes=int(func.attrs["mcpruner.lanes"]),
                                  tile_w=int(func.attrs["mcpruner.tile_w"]))
     sch = s_tir.Schedule(func)
-    _SCHEDULES[family][0](sch, knobs)
+    apply_default_schedule(sch, family, knobs)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def apply_default_schedule(sch: s_tir.Schedule, family: str, knobs: PatternConvKnobs) -> None:
+    """Apply ``family``'s schedule with fixed ``knobs`` to a Schedule of the compute.
+
+    The knobs are recorded as sampling decisions, so the trace is a point of the
+    tuning space (:func:`pattern_conv2d_design_spaces`).
+    """
+    _check_family(family)
+    _SCHEDULES[family][0](sch, knobs)
 
 
 def pattern_conv2d_design_spaces(sch: s_tir.Schedule, family: str) -> list[s_tir.Schedule]:

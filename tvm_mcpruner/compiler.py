@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from relay_passes import RewriteSparseConv2d, SparseLayerRecord, mcpruner_pipeline
+from relay_passes import ApplyTuningDatabase, RewriteSparseConv2d, SparseLayerRecord, mcpruner_pipeline
 
 from .sparse_format import MIN_MAC_REDUCTION
 from .targets import TargetPreset, get_preset
+from .tuning_log import find_tuning_log, open_tuning_log
 
 __all__ = ["CompiledModel", "SparseLayerRecord", "compile", "set_tvm_threads"]
 
@@ -24,7 +26,9 @@ class CompiledModel:
     """A compiled model: call it with numpy arrays (or torch tensors), get numpy back.
 
     ``sparse_layers`` holds one :class:`SparseLayerRecord` per conv layer (name, sparse,
-    reason, kernel, MAC reduction); ``executable`` is the ``tvm.relax.VMExecutable``.
+    reason, kernel, MAC reduction); ``executable`` is the ``tvm.relax.VMExecutable``;
+    ``tuning_log`` the log folder whose schedules were applied (None: defaults only) and
+    ``tuned_functions`` the PrimFuncs that got a schedule from it.
     """
 
     def __init__(
@@ -33,10 +37,14 @@ class CompiledModel:
         preset: TargetPreset,
         sparse_layers: list[SparseLayerRecord],
         threads: int | None = None,
+        tuning_log: Path | None = None,
+        tuned_functions: list[str] | None = None,
     ):
         self.executable = executable
         self.preset = preset
         self.sparse_layers = sparse_layers
+        self.tuning_log = tuning_log
+        self.tuned_functions = list(tuned_functions or [])
         self.threads = threads or preset.threads
         self.device = tvm.cpu() if preset.family in ("x86", "arm_cpu") else None
         self._vm = None
@@ -73,7 +81,13 @@ class CompiledModel:
     def summary(self) -> str:
         lines = [f"compiled for {self.preset.name}: {self.num_sparse_layers} of "
                  f"{len(self.sparse_layers)} conv layers sparse"]
-        lines += [f"  {r}" for r in self.sparse_layers]
+        if self.tuning_log is None:
+            lines.append("  tuning log: none (default schedules)")
+        else:
+            lines.append(f"  tuning log: {self.tuning_log} ({len(self.tuned_functions)} functions "
+                         "scheduled from it)")
+        tuned = set(self.tuned_functions)
+        lines += [f"  {r}{'  [tuned]' if r.function in tuned else ''}" for r in self.sparse_layers]
         return "\n".join(lines)
 
 
@@ -97,6 +111,7 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     *,
     min_mac_reduction: float = MIN_MAC_REDUCTION,
     threads: int | None = None,
+    tuning_log: "str | os.PathLike | None" = "auto",
 ) -> CompiledModel:
     """Rewrite pruned convs into sparse kernels and build ``mod`` for a target preset.
 
@@ -104,17 +119,28 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     ``from_onnx``). ``threads`` sizes TVM's thread pool when the model first runs
     (default: the preset's cores). Convs whose weights carry no aligned sparsity still run our kernel
     as a direct dense conv; convs it cannot run stay TVM's; see ``sparse_layers``.
+
+    ``tuning_log``: "auto" applies the log under ``autotune_logs/`` whose records were
+    measured for this target (see ``mcp.tune``), if there is one; a folder applies that
+    log (an error if it is malformed or for another target); None uses the default
+    schedules. The log used is logged and kept in ``CompiledModel.tuning_log``.
     """
     if not isinstance(mod, tvm.IRModule) or "main" not in [g.name_hint for g in mod.get_global_vars()]:
         raise TypeError("mcp.compile expects a Relax IRModule with a 'main' function "
                         "(use mcp.from_torch or mcp.from_onnx)")
     preset = get_preset(target)
+    tvm_target = preset.tvm_target()
+    log_dir = find_tuning_log(tvm_target) if tuning_log == "auto" else tuning_log
+    apply_log = ApplyTuningDatabase(open_tuning_log(log_dir, tvm_target)) if log_dir else None
     rewrite = RewriteSparseConv2d(preset, min_mac_reduction=min_mac_reduction)
-    pipeline = mcpruner_pipeline(preset, rewrite=rewrite)
-    executable = tvm.compile(mod, target=preset.tvm_target(), relax_pipeline=pipeline)
-    logger.info("compiled %d conv layers (%d sparse) for %s", len(rewrite.records),
-                sum(r.sparse for r in rewrite.records), preset.name)
-    return CompiledModel(executable, preset, list(rewrite.records), threads=threads)
+    pipeline = mcpruner_pipeline(preset, rewrite=rewrite, database=apply_log)
+    executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
+    applied = apply_log.applied if apply_log else []
+    logger.info("compiled %d conv layers (%d sparse) for %s; tuning log: %s", len(rewrite.records),
+                sum(r.sparse for r in rewrite.records), preset.name,
+                f"{log_dir} ({len(applied)} functions tuned)" if log_dir else "none")
+    return CompiledModel(executable, preset, list(rewrite.records), threads=threads,
+                         tuning_log=Path(log_dir) if log_dir else None, tuned_functions=applied)
 
 
 def _as_numpy(x: Any) -> np.ndarray:

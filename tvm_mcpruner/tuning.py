@@ -1,0 +1,410 @@
+"""``mcp.tune``: MetaSchedule + XGBoost over a pruned model, locally or over a ``tvm.rpc`` tracker.
+
+What is tuned is exactly what ``mcp.compile`` builds: the model goes through the same
+rewrite + legalization stage (``relay_passes.to_tir_stage``), and every PrimFunc in it
+becomes a MetaSchedule task. Our sparse kernels are searched in their own design spaces
+(``topi_sparse.pattern_conv2d_design_spaces``: register tile, loop order, store style);
+the dense ops left in the model (first conv, depthwise, pooling, adds) get MetaSchedule's
+standard rules, in the same run and the same log.
+
+Measurements: ``LocalRunner`` on this machine, or ``RPCRunner`` through a tracker to
+whatever servers are registered under the key (a HiKey970, an emulated aarch64 server,
+several at once: the tracker spreads the sessions). Builds happen here; for aarch64 they
+are linked with the cross compiler. Our kernels read index buffers, so they are measured
+with the layer's real packed operands, never random indices (those would read out of
+bounds).
+
+The log (``tuning_log``) is only appended to, after every batch of measurements: a run
+that is stopped keeps what it measured, and running the same command again resumes (the
+trial budget counts what the log already holds for the model's tasks). Each sparse kernel's
+default schedule is measured and logged first, so a tuned model is never compiled with a
+schedule slower than the default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+import topi_sparse
+from relay_passes import RewriteSparseConv2d, to_tir_stage
+
+from .targets import TargetPreset, get_preset
+from .tuning_log import TuningLogError, default_log_dir, open_tuning_log
+
+__all__ = ["TaskResult", "TuningReport", "tune"]
+
+logger = logging.getLogger("tvm_mcpruner")
+
+SEARCHES = ("xgb", "random")
+
+
+@dataclass
+class TaskResult:
+    """One tuned PrimFunc: ``kind`` is "sparse" (our kernel) or "dense" (a TVM op)."""
+
+    name: str
+    kind: str
+    weight: int
+    trials: int
+    best_ms: float | None
+    default_ms: float | None = None
+
+    @property
+    def speedup_over_default(self) -> float | None:
+        if self.best_ms is None or self.default_ms is None:
+            return None
+        return self.default_ms / self.best_ms
+
+
+@dataclass
+class TuningReport:
+    """What a tuning run did; ``tasks`` holds one :class:`TaskResult` per task."""
+
+    log_dir: Path
+    target: str
+    runner: str
+    search: str
+    trials_run: int
+    wall_s: float
+    tasks: list[TaskResult] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"tuned for {self.target} via {self.runner} ({self.search}): {self.trials_run} trials "
+                 f"in {self.wall_s:.0f} s; log {self.log_dir}",
+                 f"  {'task':<34} {'kind':<6} {'trials':>6} {'default ms':>11} {'best ms':>9} {'gain':>6}"]
+        for t in self.tasks:
+            default = f"{t.default_ms:.4f}" if t.default_ms is not None else "-"
+            best = f"{t.best_ms:.4f}" if t.best_ms is not None else "-"
+            gain = f"{t.speedup_over_default:.2f}x" if t.speedup_over_default else "-"
+            lines.append(f"  {t.name[:34]:<34} {t.kind:<6} {t.trials:>6} {default:>11} {best:>9} {gain:>6}")
+        return "\n".join(lines)
+
+
+def tune(
+    mod: tvm.IRModule,
+    target: "str | TargetPreset" = "host",
+    *,
+    trials: int = 64,
+    log_dir: str | os.PathLike | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    search: str = "xgb",
+    sparse_only: bool = False,
+    trials_per_iter: int = 16,
+    timeout_s: float = 60,
+    evaluator: ms.runner.EvaluatorConfig | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> TuningReport:
+    """Tune ``mod`` (as ``mcp.compile`` would build it) for ``target``; append to its log.
+
+    ``trials``: the measurement budget for this model's tasks, counting what ``log_dir``
+    already holds for them (a repeated call resumes). ``log_dir`` defaults to
+    ``autotune_logs/<device>``. ``tracker`` ("HOST:PORT") and ``key`` measure on the RPC
+    servers registered there; without them, here. ``search`` is "xgb" (evolutionary
+    search guided by MetaSchedule's XGBoost cost model) or "random" (replayed random
+    samples of the same spaces). ``sparse_only`` skips TVM's dense ops.
+    ``threads`` sizes the thread pool of local measurements (default: the preset's).
+    """
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if (tracker is None) != (key is None) and not (tracker and get_preset(target).rpc_key):
+        raise ValueError("give both tracker and key (or neither, to measure on this machine)")
+    preset = get_preset(target)
+    key = key or preset.rpc_key
+    tvm_target = preset.tvm_target()
+    log_dir = Path(log_dir) if log_dir is not None else default_log_dir(preset)
+    database = open_tuning_log(log_dir, tvm_target, create=True)
+    start = time.perf_counter()
+
+    with tvm_target:
+        lowered = to_tir_stage(preset, RewriteSparseConv2d(preset))(mod)
+    extracted = ms.relax_integration.extract_tasks(lowered, tvm_target)
+    work_dir = Path(tempfile.mkdtemp(prefix="mcpruner-tune-"))
+    operands = _OperandStore(work_dir / "operands")
+    operands.save_from(lowered)
+    contexts, weights, kinds = _tune_contexts(extracted, preset, search, sparse_only, work_dir, seed)
+    if not contexts:
+        raise ValueError("nothing to tune: the model has no PrimFunc that is not scheduled already")
+
+    builder = ms.builder.LocalBuilder(f_export=_export_function(preset), max_workers=1,
+                                      timeout_sec=max(timeout_s, 120))  # a cold worker imports TVM first
+    runner = _make_runner(preset, tracker, key, operands, timeout_s, evaluator, threads)
+    runner_name = f"RPC tracker {tracker} key {key!r}" if tracker else "this machine (LocalRunner)"
+    defaults = {
+        i: _measure_default(ctx, preset, database, builder, runner)
+        for i, ctx in enumerate(contexts) if kinds[i] == "sparse"
+    }
+    done = sum(len(database.get_top_k(database.commit_workload(ctx.mod), 10**6)) for ctx in contexts)
+    budget = max(0, trials - done)
+    if done:
+        logger.info("tuning log %s already holds %d measurements of these %d tasks; %d more to run",
+                    log_dir, done, len(contexts), budget)
+    if budget:
+        bar = _ProgressBar(budget, [ctx.task_name for ctx in contexts], enabled=progress)
+        try:
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                max_trials_global=budget, num_trials_per_iter=min(trials_per_iter, budget),
+                builder=builder, runner=runner, database=database,
+                cost_model=_cost_model(search), task_scheduler="gradient",
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), bar],
+            )
+        finally:
+            bar.close()
+    tasks = [
+        TaskResult(name=ctx.task_name, kind=kinds[i], weight=int(weights[i]),
+                   trials=len(database.get_top_k(database.commit_workload(ctx.mod), 10**6)),
+                   best_ms=_best_ms(database, ctx.mod), default_ms=defaults.get(i))
+        for i, ctx in enumerate(contexts)
+    ]
+    return TuningReport(log_dir=log_dir, target=preset.name, runner=runner_name, search=search,
+                        trials_run=budget, wall_s=time.perf_counter() - start, tasks=tasks)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _tune_contexts(extracted, preset: TargetPreset, search: str, sparse_only: bool,
+                   work_dir: Path, seed: int):
+    contexts, weights, kinds = [], [], []
+    loggers = ms.logging.get_loggers_from_work_dir(str(work_dir), [t.task_name for t in extracted])
+    for task, rand_state, task_logger in zip(extracted, ms.utils.fork_seed(seed, n=len(extracted)), loggers):
+        func = task.dispatched[0]["main"]
+        if func.attrs and func.attrs.get("tirx.is_scheduled", False):
+            continue
+        sparse = bool(func.attrs) and topi_sparse.KERNEL_ATTR in func.attrs
+        if sparse_only and not sparse:
+            continue
+        space = _sparse_space(preset.family) if sparse else "post-order-apply"
+        strategy = "evolutionary" if search == "xgb" else ms.search_strategy.ReplayTrace()
+        contexts.append(ms.TuneContext(
+            mod=task.dispatched[0], target=task.target, space_generator=space,
+            search_strategy=strategy, task_name=task.task_name, rand_state=rand_state,
+            num_threads=os.cpu_count() or 1,
+            logger=task_logger,
+        ).clone())
+        weights.append(float(task.weight))
+        kinds.append("sparse" if sparse else "dense")
+    return contexts, weights, kinds
+
+
+def _sparse_space(family: str) -> ms.space_generator.ScheduleFn:
+    # Our spaces are complete schedules: no rules or postprocessors to add; the tiles
+    # are sample_perfect_tile decisions, which MutateTileSize explores.
+    return ms.space_generator.ScheduleFn(
+        lambda sch: topi_sparse.pattern_conv2d_design_spaces(sch, family),
+        sch_rules=[], postprocs=[], mutator_probs={ms.mutator.MutateTileSize(): 1.0},
+    )
+
+
+def _cost_model(search: str) -> ms.cost_model.CostModel:
+    if search == "random":
+        return ms.cost_model.RandomModel()
+    return ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
+                                  adaptive_training=True, num_tuning_cores=os.cpu_count() or 1)
+
+
+def _default_trace(ctx: ms.TuneContext, family: str) -> s_tir.Trace:
+    """The default schedule, traced on the task's module (same decisions format as the space)."""
+    sch = s_tir.Schedule(ctx.mod)
+    func = ctx.mod["main"]
+    knobs = topi_sparse.PatternConvKnobs(lanes=int(func.attrs["mcpruner.lanes"]),
+                                         tile_w=int(func.attrs["mcpruner.tile_w"]))
+    topi_sparse.apply_default_schedule(sch, family, knobs)
+    return sch.trace
+
+
+def _measure_default(ctx, preset, database, builder, runner) -> float | None:
+    """Measure the default schedule once and log it (unless the log has it already).
+
+    Returns its median ms. Logging it means the best record of a task is never slower
+    than the default that ``mcp.compile`` would use without a log.
+    """
+    trace = _default_trace(ctx, preset.family)
+    workload = database.commit_workload(ctx.mod)
+    for record in database.get_top_k(workload, 10**6):
+        if str(record.trace) == str(trace) and record.run_secs:
+            return _median_ms(record.run_secs)
+    sch = s_tir.Schedule(ctx.mod)
+    trace.apply_to_schedule(sch, remove_postproc=False)
+    args_info = ms.arg_info.ArgInfo.from_prim_func(ctx.mod["main"])
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, ctx.target)])
+    if built.error_msg:
+        raise RuntimeError(f"building the default schedule of {ctx.task_name} failed:\n{built.error_msg}")
+    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])
+    result = future.result()
+    if result.error_msg:
+        raise RuntimeError(f"measuring the default schedule of {ctx.task_name} failed:\n{result.error_msg}")
+    database.commit_tuning_record(ms.database.TuningRecord(
+        trace, workload, [float(s) for s in result.run_secs], ctx.target, args_info))
+    return _median_ms(result.run_secs)
+
+
+def _median_ms(run_secs) -> float:
+    return float(np.median([float(s) for s in run_secs])) * 1e3
+
+
+def _best_ms(database, mod) -> float | None:
+    records = database.get_top_k(database.commit_workload(mod), 1)
+    return _median_ms(records[0].run_secs) if records and records[0].run_secs else None
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _export_function(preset: TargetPreset):
+    """How built candidates become files a runner loads: aarch64 is linked here."""
+    if preset.family == "arm_cpu":
+        from . import rpc_farm
+
+        return rpc_farm.export_aarch64_shared_library
+    return None  # MetaSchedule's default (a tar the local runtime links)
+
+
+def _make_runner(preset, tracker, key, operands, timeout_s, evaluator, threads):
+    evaluator = evaluator or ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=50,
+                                                       enable_cpu_cache_flush=False)
+    if tracker is not None:
+        from .arm_emulation import parse_tracker
+
+        host, port = parse_tracker(tracker)
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                     session_timeout_sec=int(timeout_s) * 4)
+        return ms.runner.RPCRunner(config, evaluator, max_workers=2,
+                                   f_alloc_argument=_RemoteOperands(operands.directory))
+    return ms.runner.LocalRunner(
+        timeout_sec=timeout_s, evaluator_config=evaluator,
+        f_alloc_argument=_LocalOperands(operands.directory, threads or preset.threads),
+    )
+
+
+class _OperandStore:
+    """The real constant operands (values, offsets, bias) of each sparse task, on disk.
+
+    Keyed by the task's argument shapes and dtypes, which is all a runner is told; the
+    runner's allocation function (in a worker process) loads them from here.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def save_from(self, mod: tvm.IRModule) -> None:
+        for call in _sparse_calls(mod):
+            func = mod[call.args[0]]
+            constants = {str(i): arg.value.numpy() for i, arg in enumerate(call.args[1].fields)
+                         if isinstance(arg, tvm.ir.GenericConst)}
+            if "2" not in constants:  # the offsets must be real: random ones read out of bounds
+                raise ValueError(f"{call.args[0].name_hint}: its index operands are not constants")
+            args_info = [info.as_json() for info in ms.arg_info.ArgInfo.from_prim_func(func)]
+            path = self.directory / f"{_args_key(args_info)}.npz"
+            if not path.exists():
+                np.savez(path, **constants)
+
+
+def _sparse_calls(mod: tvm.IRModule) -> list[relax.Call]:
+    calls: list[relax.Call] = []
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            callee = mod[expr.args[0]]
+            if callee.attrs and topi_sparse.KERNEL_ATTR in callee.attrs:
+                calls.append(expr)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return calls
+
+
+def _args_key(args_info: list) -> str:
+    return hashlib.sha1(json.dumps(_plain(args_info)).encode()).hexdigest()[:20]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__len__") and not isinstance(value, str)):
+        return [_plain(v) for v in value]
+    return int(value) if isinstance(value, (int, np.integer)) else str(value)
+
+
+def _arguments(directory: Path, args_info: list, make) -> list:
+    """One argument list: stored operands where the task has them, else random floats /
+    zero integers (zero is a valid index for any index operand of TVM's own ops)."""
+    path = directory / f"{_args_key(args_info)}.npz"
+    stored = dict(np.load(path)) if path.exists() else {}
+    rng = np.random.default_rng(0)
+    args = []
+    for i, (_, dtype, shape) in enumerate(args_info):
+        array = stored.get(str(i))
+        if array is None:
+            shape = [int(d) for d in shape]
+            array = (rng.uniform(-1, 1, shape).astype(dtype) if "float" in str(dtype)
+                     else np.zeros(shape, str(dtype)))
+        args.append(make(np.ascontiguousarray(array)))
+    return args
+
+
+class _LocalOperands:
+    """``f_alloc_argument`` of the LocalRunner; also sizes the worker's thread pool."""
+
+    def __init__(self, directory: Path, threads: int):
+        self.directory, self.threads = directory, threads
+
+    def __call__(self, device, args_info, alloc_repeat):
+        from .compiler import set_tvm_threads
+
+        set_tvm_threads(self.threads)  # the worker's default pool is half the CPUs
+        return [_arguments(self.directory, args_info, lambda a: tvm.runtime.tensor(a, device))
+                for _ in range(alloc_repeat)]
+
+
+class _RemoteOperands:
+    """``f_alloc_argument`` of the RPCRunner: the same operands, copied to the remote device."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def __call__(self, session, device, args_info, alloc_repeat):
+        return [_arguments(self.directory, args_info, lambda a: tvm.runtime.tensor(a, device))
+                for _ in range(alloc_repeat)]
+
+
+@derived_object
+class _ProgressBar(ms.measure_callback.PyMeasureCallback):
+    """tqdm over the trial budget: trials done, best latency per task, ETA."""
+
+    def __init__(self, total: int, task_names: list[str], enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="tuning", unit="trial", disable=not enabled)
+        self.names = task_names
+        self.best: dict[int, float] = {}
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        times = [float(np.median([float(s) for s in r.run_secs])) * 1e3
+                 for r in runner_results if r.run_secs and not r.error_msg]
+        if times:
+            self.best[task_id] = min(self.best.get(task_id, float("inf")), *times)
+        self.bar.update(len(runner_results))
+        if task_id in self.best:
+            self.bar.set_postfix_str(f"{self.names[task_id][:24]} best {self.best[task_id]:.4f} ms")
+
+    def close(self) -> None:
+        self.bar.close()
