@@ -289,8 +289,12 @@ def _emulator_env() -> dict[str, str]:
     return env
 
 
-def parse_tracker(tracker: str | tuple[str, int]) -> tuple[str, int]:
-    """``"127.0.0.1:9190"`` or ``(host, port)`` -> ``("127.0.0.1", 9190)``; loopback hosts only."""
+def parse_tracker(tracker: str | tuple[str, int], *, loopback_only: bool = True) -> tuple[str, int]:
+    """``"127.0.0.1:9190"`` or ``(host, port)`` -> ``("127.0.0.1", 9190)``; loopback hosts only.
+
+    ``loopback_only=False`` (``rpc_farm``: a real board farm's tracker may sit on another
+    machine) accepts any host name and only maps ``localhost`` to 127.0.0.1.
+    """
     if isinstance(tracker, tuple):
         host, port = tracker
     elif isinstance(tracker, str) and ":" in tracker:
@@ -303,6 +307,10 @@ def parse_tracker(tracker: str | tuple[str, int]) -> tuple[str, int]:
         raise ValueError(f"tracker port must be an integer, got {port!r} in {tracker!r}") from None
     if not 0 < port < 65536:
         raise ValueError(f"tracker port must be in 1..65535, got {port}")
+    if not loopback_only:
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"tracker must be 'HOST:PORT' (e.g. 127.0.0.1:9190), got {tracker!r}")
+        return (LOOPBACK if host == "localhost" else host), port
     return _loopback(host), port
 
 
@@ -441,6 +449,12 @@ def start_rpc_server(
         raise ArmEmulationError(problem)
     port = _free_port() if port is None else port
     args = ["--host", LOOPBACK, "--port", str(port), "--port-end", str(port + 1)]
+    # TVM_USE_RUNTIME_LIB=1 skips libtvm_runtime_extra, which a board's full `import tvm`
+    # loads and MetaSchedule's RPCRunner calls into (tvm.contrib.random.random_fill_for_measure):
+    # TVM's --load-library loads it into every session.
+    extra = _site() / "tvm" / "lib" / "libtvm_runtime_extra.so"
+    if extra.is_file():
+        args += ["--load-library", str(extra)]
     if tracker_address:
         args += ["--tracker", f"{tracker_address[0]}:{tracker_address[1]}", "--key", key]
     env = _emulator_env()

@@ -1,4 +1,4 @@
-"""The ``mcpruner`` command line: demo | prune | compile | bench."""
+"""The ``mcpruner`` command line: demo | prune | compile | bench | tracker | server."""
 
 from __future__ import annotations
 
@@ -190,6 +190,41 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tracker(args: argparse.Namespace) -> int:
+    """A TVM RPC tracker in the foreground; a real HiKey970 joins it with
+    ``python -m tvm.exec.rpc_server --tracker HOST:9190 --key hikey970`` (``rpc_farm``)."""
+    from . import rpc_farm
+
+    try:
+        tracker = rpc_farm.start_tracker(args.port, host=args.host)
+    except rpc_farm.RPCFarmError as err:
+        print(f"mcpruner tracker: error: {err}", file=sys.stderr)
+        return 2
+    print(f"TVM RPC tracker on {args.host}:{tracker.port} (log {tracker.log_path}); Ctrl-C stops it.\n"
+          f"A board joins with:   {rpc_farm.board_join_command(f'HOST:{tracker.port}')}"
+          "   (HOST: this machine's address on the board's network)\n"
+          f"A local stand-in:     mcpruner server --tracker {tracker.address} --key {rpc_farm.BOARD_KEY}"
+          + ("" if args.host != "127.0.0.1" else
+             "\n(listening on 127.0.0.1 only: use --host 0.0.0.0 for boards on a trusted network)"),
+          flush=True)
+    return rpc_farm.run_in_foreground(tracker)
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    """A TVM RPC server on 127.0.0.1 (host CPU, or aarch64 under qemu) joined to a tracker."""
+    from . import rpc_farm
+    from .arm_emulation import ArmEmulationError
+
+    try:
+        server = rpc_farm.start_server(args.tracker, args.key, port=args.port,
+                                       emulate_aarch64=args.emulate_aarch64)
+    except (rpc_farm.RPCFarmError, ArmEmulationError) as err:
+        print(f"mcpruner server: error: {err}", file=sys.stderr)
+        return 2
+    print(f"serving: {server!r}; Ctrl-C stops it.", flush=True)
+    return rpc_farm.run_in_foreground(server)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcpruner", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log each layer's decision")
@@ -236,6 +271,22 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-tvm-dense", action="store_true", help="skip the (slow) untuned TVM build")
     b.add_argument("--json", help="write the result as JSON here")
     b.set_defaults(func=_cmd_bench)
+
+    join = "a HiKey970 joins with `python -m tvm.exec.rpc_server --tracker HOST:9190 --key hikey970`"
+    t = sub.add_parser("tracker", help=f"run a TVM RPC tracker for tuning (foreground); {join}",
+                       description=f"Run a TVM RPC tracker until Ctrl-C; {join}.")
+    t.add_argument("--port", type=int, default=9190)
+    t.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: boards on a trusted network)")
+    t.set_defaults(func=_cmd_tracker)
+    s = sub.add_parser("server", help="run a TVM RPC server on 127.0.0.1 joined to a tracker (foreground)",
+                       description=f"A local stand-in for a board until Ctrl-C; a real board runs TVM's "
+                       f"own server instead: {join}.")
+    s.add_argument("--tracker", required=True, help="HOST:PORT of a tracker on this machine")
+    s.add_argument("--key", required=True, help="device key the tuner asks for (e.g. hikey970)")
+    s.add_argument("--port", type=int, default=None, help="server port (default: a free one)")
+    s.add_argument("--emulate-aarch64", action="store_true",
+                   help="aarch64 under qemu: emulated (qemu) — not device timing")
+    s.set_defaults(func=_cmd_server)
     return parser
 
 
