@@ -1,11 +1,12 @@
 """When masks are imposed, relative to training: one-shot, iterative, ADMM.
 
 * ``oneshot``: masks from the current weights, then ``epochs`` of masked fine-tuning.
-* ``iterative``: gradual magnitude pruning (Zhu & Gupta's cubic schedule). The pattern
-  is imposed first with every kernel kept; the kept share of kernels then falls from
-  1 to each layer's target over a few steps, with fine-tuning after each step, and the
-  rest of the epochs fine-tune the final masks. Each step's mask is computed from the
-  fine-tuned weights, so the network gets to move weight into kernels that survive.
+* ``iterative``: gradual magnitude pruning (Zhu & Gupta's cubic schedule) inside one
+  training run. The pattern is imposed first with every kernel kept; the kept share of
+  kernels then falls from 1 to each layer's target in many small steps over the first
+  half of the epochs while training goes on, and the rest of the epochs fine-tune the
+  final masks as the learning rate decays to 0. Each step's mask is computed from the
+  weights trained so far, so the network gets to move weight into kernels that survive.
 * ``admm``: PatDNN's extended ADMM. Pruning is the constraint ``W in S`` (S = the
   aligned pattern + connectivity set of the plan); ADMM splits it as ``W = Z`` with
   ``Z in S``, and alternates (a) SGD on ``loss(W) + rho/2 ||W - Z + U||^2``, (b)
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["SCHEDULES", "Batches", "run_schedule", "gradual_keeps"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-ApplyPlan = Callable[["PrunePlan"], dict[str, torch.Tensor]]
+ApplyPlan = Callable[..., dict[str, torch.Tensor]]  # apply_plan(plan, check=True)
 SCHEDULES = ("oneshot", "iterative", "admm")
 
 
@@ -51,6 +52,8 @@ def run_schedule(
 ) -> dict[str, torch.Tensor]:
     """Prune ``model`` per ``plan`` under ``schedule`` (module docstring); final pattern ids."""
     config = default_finetune_config() if config is None else config
+    if config.distill > 0 and config.teacher is None and data is not None:
+        config = replace(config, teacher=frozen_copy(model))  # the dense net, before any mask
     if schedule == "oneshot":
         pattern_ids = apply_plan(plan)
         if data is not None and epochs:
@@ -66,6 +69,16 @@ def run_schedule(
     return pattern_ids
 
 
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with gradients off (a distillation teacher)."""
+    from .masks import deepcopy_model
+
+    teacher = deepcopy_model(model).eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
 def _split_epochs(epochs: int) -> tuple[int, int]:
     """(epochs while pruning, epochs of final masked fine-tuning): about half each."""
     pruning = max(1, math.ceil(epochs / 2))
@@ -77,20 +90,46 @@ def gradual_keeps(target: float, steps: int) -> list[float]:
     return [target + (1 - target) * (1 - s / steps) ** 3 for s in range(1, steps + 1)]
 
 
+# Mask updates per epoch of the iterative ramp (when the data has a length).
+UPDATES_PER_EPOCH = 8
+
+
 def _iterative(model: nn.Module, plan: PrunePlan, apply_plan: ApplyPlan, data: Batches, epochs: int,
                config: TrainConfig) -> dict[str, torch.Tensor]:
-    pruning_epochs, final_epochs = _split_epochs(epochs)
-    steps = pruning_epochs
-    targets = dict(plan.keeps)
-    schedule = {name: gradual_keeps(keep, steps) for name, keep in targets.items()}
-    for step in range(steps):
-        plan.keeps.update({name: keeps[step] for name, keeps in schedule.items()})
-        apply_plan(plan)
-        fit(model, data, replace(config, epochs=1, history=config.history), description=f"iterative {step + 1}/{steps}")
+    """One training run (one optimizer, one cosine LR decay over all ``epochs``): the pattern
+    at once, then the kept share of kernels falls on the cubic schedule over the first half
+    (a mask update every 1/UPDATES_PER_EPOCH epoch, or every epoch when ``data`` has no
+    length), and the final masks train to the end of the decay."""
+    from .api import screen_plan  # api imports this module
+
+    screen_plan(plan)  # layers the final keeps would not speed up stay dense from the start
+    targets = {name: plan.keeps[name] for name in plan.eligible}
+    pruning_epochs, _ = _split_epochs(epochs)
+    per_epoch = len(data) if hasattr(data, "__len__") else 0
+    interval = max(1, per_epoch // UPDATES_PER_EPOCH) if per_epoch else 0
+    updates = pruning_epochs * (per_epoch // interval) if interval else pruning_epochs
+    ramp = {name: gradual_keeps(keep, updates) for name, keep in targets.items()}
+    done = steps = 0
+
+    def tighten() -> None:
+        nonlocal done
+        if done < updates:
+            plan.keeps.update({name: keeps[done] for name, keeps in ramp.items()})
+            apply_plan(plan, check=False)
+            done += 1
+
+    def on_step() -> None:
+        nonlocal steps
+        steps += 1
+        if steps % interval == 0:
+            tighten()
+
+    plan.keeps.update({name: 1.0 for name in targets})
+    apply_plan(plan, check=False)  # the pattern first, every kernel kept
+    fit(model, data, replace(config, epochs=epochs, history=config.history), description="iterative",
+        on_step=on_step if interval else None, on_epoch_end=None if interval else lambda _epoch: tighten())
     plan.keeps.update(targets)
-    pattern_ids = apply_plan(plan)  # the last step already reached the targets: same masks
-    fit(model, data, replace(config, epochs=final_epochs, history=config.history), description="fine-tune")
-    return pattern_ids
+    return apply_plan(plan)  # the ramp already reached the targets: same masks, their pattern ids
 
 
 class AdmmState:
@@ -136,17 +175,23 @@ class AdmmState:
 
 def _admm(model: nn.Module, plan: PrunePlan, apply_plan: ApplyPlan, data: Batches, epochs: int,
           config: TrainConfig) -> dict[str, torch.Tensor]:
+    """ADMM for about half the epochs at a constant LR (Z, U and rho updated after each
+    epoch; a decaying LR would weaken the pull of the growing rho), hard prune, then masked
+    retraining with a cosine decay."""
     admm_epochs, retrain_epochs = _split_epochs(epochs)
     rho_start, rho_end = config.admm_rho
     state = AdmmState(plan, rho_start)
     growth = (rho_end / rho_start) ** (1 / max(admm_epochs - 1, 1))
     config.history.append({"admm_epoch": 0, "rho": 0.0, "distance": state.distance()})
-    for epoch in range(admm_epochs):
-        fit(model, data, replace(config, epochs=1, history=config.history), penalty=state.penalty,
-            description=f"admm {epoch + 1}/{admm_epochs} rho={state.rho:.0e}")
+
+    def epoch_end(epoch: int) -> None:
         state.update()
         config.history.append({"admm_epoch": epoch + 1, "rho": state.rho, "distance": state.distance()})
         state.rho *= growth
+
+    fit(model, data, replace(config, epochs=admm_epochs, lr_schedule="constant", history=config.history),
+        penalty=state.penalty,
+        on_epoch_end=epoch_end, description="admm")
     pattern_ids = apply_plan(plan)  # hard prune: W projected onto S
     fit(model, data, replace(config, epochs=retrain_epochs, history=config.history), description="retrain")
     return pattern_ids

@@ -18,11 +18,16 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-__all__ = ["TrainConfig", "enforce_masks", "evaluate", "fit", "train_epoch", "predict", "recalibrate_batch_norm"]
+__all__ = [
+    "TrainConfig", "distillation_loss", "enforce_masks", "evaluate", "fit", "train_epoch", "predict",
+    "recalibrate_batch_norm",
+]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # An extra loss term evaluated every step (e.g. ADMM's proximal penalty).
 Penalty = Callable[[nn.Module], torch.Tensor]
+# Called after every optimizer step (the iterative schedule tightens masks from here).
+StepHook = Callable[[], None]
 
 
 @dataclass
@@ -31,6 +36,7 @@ class TrainConfig:
 
     epochs: int = 10
     lr: float = 0.05
+    lr_schedule: str = "cosine"  # "cosine": from lr to 0 over each fit call; "constant"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
@@ -39,6 +45,13 @@ class TrainConfig:
     # ADMM epochs. It must beat weight decay by far to pull W onto the sparsity set
     # within a few epochs; lr * rho < 1 keeps the proximal step stable.
     admm_rho: tuple[float, float] = (1e-2, 1.0)
+    # Knowledge distillation: the loss is ``(1 - distill) * CE + distill * T^2 * KL`` of
+    # the student's and ``teacher``'s softened outputs (temperature T). ``prune`` sets the
+    # teacher to a frozen copy of the model it was given (before pruning) when
+    # ``distill > 0`` and ``teacher`` is None: the dense net teaches its pruned self.
+    distill: float = 0.0
+    temperature: float = 4.0
+    teacher: nn.Module | None = field(default=None, repr=False, compare=False)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -74,21 +87,46 @@ def _progress(iterable: Iterable, enabled: bool, **kwargs: object) -> Iterable:
     return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's soft-target loss: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``."""
+    return nn.functional.kl_div(
+        nn.functional.log_softmax(logits / temperature, dim=1),
+        nn.functional.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean", log_target=True) * temperature ** 2
+
+
 def train_epoch(
     model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, penalty: Penalty | None = None,
     label_smoothing: float = 0.0, progress: bool = False, description: str = "train",
+    teacher: nn.Module | None = None, distill: float = 0.0, temperature: float = 4.0,
+    on_step: StepHook | None = None,
 ) -> dict[str, float]:
-    """One pass of SGD over ``batches`` keeping masks enforced; mean loss and accuracy."""
+    """One pass of SGD over ``batches`` keeping masks enforced; mean loss and accuracy.
+
+    With ``teacher`` and ``distill > 0`` the loss mixes in :func:`distillation_loss`
+    (the teacher runs in eval mode). ``on_step()`` runs after every optimizer step,
+    before the masks are enforced (so it may tighten them).
+    """
     model.train()
+    if teacher is not None:
+        teacher.eval()
     seen, correct, loss_sum = 0, 0, 0.0
     for images, labels in _progress(batches, progress, desc=description):
         logits = model(images)
         loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        total = loss + penalty(model) if penalty is not None else loss
+        total = loss
+        if teacher is not None and distill > 0:
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            total = (1 - distill) * loss + distill * distillation_loss(logits, teacher_logits, temperature)
+        if penalty is not None:
+            total = total + penalty(model)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step()
         enforce_masks(model, optimizer)
         if scheduler is not None:
             scheduler.step()
@@ -130,11 +168,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
 def fit(
     model: nn.Module, train: Batches, config: TrainConfig, test: Batches | None = None,
     penalty: Penalty | None = None, on_epoch_end: Callable[[int], None] | None = None,
-    description: str = "epoch",
+    description: str = "epoch", on_step: StepHook | None = None,
 ) -> nn.Module:
-    """Train ``config.epochs`` epochs (cosine LR to 0), masks held; logs to ``config.history``.
+    """Train ``config.epochs`` epochs (cosine LR to 0 by default), masks held; logs to ``config.history``.
 
-    ``on_epoch_end(epoch)`` runs after each epoch (the ADMM Z/U updates hook in here).
+    One optimizer and one cosine decay span all epochs of a call. ``on_epoch_end(epoch)``
+    runs after each epoch (the ADMM Z/U updates hook in here), ``on_step()`` after each
+    optimizer step; ``config.distill`` with ``config.teacher`` adds distillation.
     With ``test``, each epoch's test accuracy is recorded and shown on the bar.
     """
     if config.epochs <= 0:
@@ -142,14 +182,18 @@ def fit(
     optimizer = make_optimizer(model, config)
     steps = config.epochs * max(len(train), 1) if hasattr(train, "__len__") else None
     scheduler = None
-    if steps:
+    if config.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {config.lr_schedule!r}")
+    if steps and config.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
     enforce_masks(model, optimizer)
     bar = _progress(range(config.epochs), config.progress, desc=description)
     for epoch in bar:
         stats = train_epoch(model, train, optimizer, scheduler, penalty, config.label_smoothing,
-                            progress=config.progress, description=f"{description} {epoch + 1}")
+                            progress=config.progress, description=f"{description} {epoch + 1}",
+                            teacher=config.teacher, distill=config.distill, temperature=config.temperature,
+                            on_step=on_step)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         if test is not None:

@@ -218,3 +218,86 @@ def test_schedules_leave_batch_norm_matching_the_pruned_weights():
     with torch.no_grad():
         conv_out = pruned[3](pruned[2](pruned[1](pruned[0](torch.cat([x for x, _ in batches])))))
     assert torch.allclose(pruned[4].running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-4)
+
+
+def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
+    from tvm_mcpruner.pruning.train import distillation_loss
+
+    logits = torch.randn(8, 4)
+    assert float(distillation_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(logits, torch.randn(8, 4), 4.0)) > 0
+
+
+def test_prune_distills_from_a_frozen_copy_of_the_unpruned_model():
+    model = trained_net()
+    before = [p.detach().clone() for p in model.parameters()]
+    seen = []
+    original = mcp.pruning.train.distillation_loss
+
+    def spy(logits, teacher_logits, temperature):
+        seen.append(temperature)
+        return original(logits, teacher_logits, temperature)
+
+    mcp.pruning.train.distillation_loss = spy
+    try:
+        config = TrainConfig(lr=0.02, progress=False, distill=0.5, temperature=2.0)
+        pruned, _ = prune(model, target="hikey970-cpu", keep_kernels=0.5, data=synthetic_batches(),
+                          schedule="iterative", epochs=2, train_config=config)
+    finally:
+        mcp.pruning.train.distillation_loss = original
+    assert seen and set(seen) == {2.0}, "the distillation term was used"
+    assert config.teacher is None, "the caller's config is not changed"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "the input model is untouched"
+    assert evaluate(pruned, synthetic_batches(seed=1)) > 0.8
+
+
+def test_lr_schedules():
+    for schedule, last_lr in (("cosine", 0.0), ("constant", 0.1)):
+        model = small_net()
+        lrs = []
+        original = torch.optim.SGD.step
+
+        def step(self, *args, **kwargs):
+            lrs.append(self.param_groups[0]["lr"])
+            return original(self, *args, **kwargs)
+
+        torch.optim.SGD.step = step
+        try:
+            fit(model, synthetic_batches(n=256), TrainConfig(epochs=2, lr=0.1, lr_schedule=schedule, progress=False))
+        finally:
+            torch.optim.SGD.step = original
+        assert lrs[0] == pytest.approx(0.1) and len(lrs) == 8
+        assert lrs[-1] == pytest.approx(last_lr, abs=0.01)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit(small_net(), synthetic_batches(), TrainConfig(epochs=1, lr_schedule="step", progress=False))
+
+
+def test_iterative_tightens_masks_gradually_inside_one_run():
+    from tvm_mcpruner.pruning import schedules
+
+    model = trained_net()
+    data = synthetic_batches(n=1024)  # 16 batches: a mask update every 2 steps
+    kept = []
+    original = schedules.fit
+
+    def recording_fit(model_, data_, config_, **kwargs):
+        hook = kwargs.get("on_step")
+
+        def on_step():
+            hook()
+            kept.append(int(model_[3].weight_mask.sum()))
+
+        return original(model_, data_, config_, **{**kwargs, "on_step": on_step})
+
+    schedules.fit = recording_fit
+    try:
+        pruned, report = prune(model, target="hikey970-cpu", keep_kernels=0.25, data=data, schedule="iterative",
+                               epochs=4, train_config=TrainConfig(lr=0.02, progress=False))
+    finally:
+        schedules.fit = original
+    assert len(kept) == 4 * 16
+    assert all(a >= b for a, b in zip(kept, kept[1:])), "masks only tighten"
+    assert len(set(kept[:32])) > 4, "many small steps over the first half"
+    assert len(set(kept[32:])) == 1, "then the final masks train"
+    assert len(report.pruned_layers) == 4, "the 1x1 conv was not dropped by a mild early step"
+    check_aligned(pruned[3].weight, LANES, 4, 0.25)
