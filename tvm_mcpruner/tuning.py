@@ -142,7 +142,11 @@ def tune(
     if not contexts:
         raise ValueError("nothing to tune: the model has no PrimFunc that is not scheduled already")
 
-    builder = ms.builder.LocalBuilder(f_export=_export_function(preset), max_workers=1,
+    from . import rpc_farm
+
+    # MetaSchedule's default build imports every tensor intrinsic first (~30 s per batch).
+    builder = ms.builder.LocalBuilder(f_build=rpc_farm.build_without_tensor_intrinsics,
+                                      f_export=_export_function(preset), max_workers=1,
                                       timeout_sec=max(timeout_s, 120))  # a cold worker imports TVM first
     runner = _make_runner(preset, tracker, key, operands, timeout_s, evaluator, threads)
     runner_name = f"RPC tracker {tracker} key {key!r}" if tracker else "this machine (LocalRunner)"
@@ -283,7 +287,7 @@ def _make_runner(preset, tracker, key, operands, timeout_s, evaluator, threads):
     if tracker is not None:
         from .arm_emulation import parse_tracker
 
-        host, port = parse_tracker(tracker)
+        host, port = parse_tracker(tracker, loopback_only=False)  # a real farm is on the LAN
         config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                      session_timeout_sec=int(timeout_s) * 4)
         return ms.runner.RPCRunner(config, evaluator, max_workers=2,
