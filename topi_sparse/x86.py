@@ -41,15 +41,9 @@ def schedule_pattern_conv2d_cpu(func: tirx.PrimFunc, knobs: PatternConvKnobs) ->
 
 def apply_pattern_conv2d_cpu(sch: s_tir.Schedule, knobs: PatternConvKnobs) -> None:
     """Apply the schedule with fixed ``knobs`` (recorded as sampling decisions) to ``sch``."""
-    acc = sch.get_sblock("acc")
-    _, _, oh, ow = sch.get_loops(acc)[:4]
-    rows, cols = _extent(sch, oh), _extent(sch, ow)
-    if cols % knobs.tile_w or rows % knobs.tile_h:
-        raise ValueError(f"tile {knobs.tile_h}x{knobs.tile_w} must divide acc's {rows}x{cols} "
-                         "(padded output rows x columns)")
     _schedule_pad(sch)
     _schedule_conv(sch, knobs.order, knobs.vectorize_store, lanes=knobs.lanes,
-                   tile_w=[cols // knobs.tile_w, knobs.tile_w], tile_h=[rows // knobs.tile_h, knobs.tile_h])
+                   tile_w=knobs.tile_w, tile_h=knobs.tile_h)
 
 
 def pattern_conv2d_cpu_spaces(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
@@ -74,7 +68,7 @@ def _extent(sch: s_tir.Schedule, loop) -> int:
 
 
 def _lanes(sch: s_tir.Schedule) -> int:
-    return _extent(sch, sch.get_loops(sch.get_sblock("acc"))[4])
+    return int(sch.mod["main"].attrs["mcpruner.lanes"])  # an attribute: reading it adds no trace step
 
 
 def _schedule_pad(sch: s_tir.Schedule) -> None:
@@ -96,11 +90,17 @@ def _padded_row_width(sch: s_tir.Schedule) -> int:
 
 
 def _schedule_conv(sch: s_tir.Schedule, order: str, vectorize_store: bool, *, lanes: int,
-                   tile_w: list[int] | None, tile_h: list[int] | None) -> None:
-    """The conv nest; ``tile_w``/``tile_h`` are fixed decisions, or None to sample them."""
+                   tile_w: int | None, tile_h: int | None) -> None:
+    """The conv nest; ``tile_w``/``tile_h`` are fixed (recorded as decisions), or None to sample."""
     out = sch.get_sblock("out")
     acc = sch.get_sblock("acc")
     _, _, acc_oh, acc_ow = sch.get_loops(acc)[:4]
+    if tile_w is not None:
+        rows, cols = _extent(sch, acc_oh), _extent(sch, acc_ow)
+        if cols % tile_w or rows % tile_h:
+            raise ValueError(f"tile {tile_h}x{tile_w} must divide acc's {rows}x{cols} "
+                             "(padded output rows x columns)")
+        tile_w, tile_h = [cols // tile_w, tile_w], [rows // tile_h, tile_h]
     # Sampled on acc's loops: its columns are padded to full tiles, so every divisor of
     # the padded width is a valid tile, including tiles that do not divide OW.
     _, tw = sch.sample_perfect_tile(acc_ow, n=2, max_innermost_factor=max_accumulators(lanes),

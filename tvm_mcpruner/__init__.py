@@ -5,6 +5,8 @@ Public API (everything else is private)::
     pruned, report = prune(model, target="host", pattern_k=4, keep_kernels=0.5)
     mod = from_torch(pruned, (example_input,))        # or from_onnx(path)
     cm = compile(mod, target="host")                   # CompiledModel: numpy in, numpy out
+    tune(mod, target="hikey970-cpu", tracker="HOST:9190", key="hikey970", trials=2000)
+                                                       # then compile applies autotune_logs/<device>
 
 The TVM-dependent names are imported on first use, so the torch pruning helper works
 (and imports fast) without loading TVM. The ``"mcpruner"`` Relax pipeline is registered
@@ -35,6 +37,9 @@ _LAZY = {
     "compile": ".compiler",
     "CompiledModel": ".compiler",
     "SparseLayerRecord": ".compiler",
+    "tune": ".tuning",
+    "TuningReport": ".tuning",
+    "TuningLogError": ".tuning_log",
     "models": ".models",
 }
 

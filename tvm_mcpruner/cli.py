@@ -1,4 +1,4 @@
-"""The ``mcpruner`` command line: demo | prune | compile | bench | tracker | server."""
+"""The ``mcpruner`` command line: demo | prune | compile | tune | bench | tracker | server."""
 
 from __future__ import annotations
 
@@ -121,10 +121,10 @@ def _prune_on_data(args: argparse.Namespace):
     return pruned, report, {**meta, "top1_before": before, "top1_after": after, "schedule": args.schedule}
 
 
-def _cmd_compile(args: argparse.Namespace) -> int:
+def _model_module(args: argparse.Namespace):
+    """The Relax module that compile and tune work on: ONNX, saved weights, or a built-in pruned here."""
     import torch
 
-    from .compiler import compile as mcp_compile
     from .frontend import from_onnx, from_torch
     from .pruning import prune
 
@@ -138,7 +138,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             model, _ = prune(model, target=args.target, pattern_k=args.pattern_k,
                              keep_kernels=args.keep_kernels)
         mod = from_torch(model, (torch.randn(*args.input_shape),))
-    cm = mcp_compile(mod, target=args.target)
+    return mod
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from .compiler import compile as mcp_compile
+
+    log = None if args.tuning_log == "none" else args.tuning_log
+    cm = mcp_compile(_model_module(args), target=args.target, tuning_log=log)
     print(cm.summary())
     if args.out:
         kwargs = {}
@@ -150,6 +157,25 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         cm.export_library(args.out, **kwargs)
         print(f"wrote {args.out}")
     return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tuning import tune
+
+    if args.tracker and not args.key:
+        raise ValueError("--tracker needs --key (the key the board's RPC server registered with)")
+    report = tune(_model_module(args), args.target, trials=args.trials, log_dir=args.log,
+                  tracker=args.tracker, key=args.key, search=args.search, sparse_only=args.sparse_only)
+    print(report.summary())
+    print(f"'mcpruner compile --target {args.target}' now applies {report.log_dir} "
+          "(or pass --tuning-log to pick a folder)")
+    return 0
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="pruned model saved by 'mcpruner prune --out' (or a pruned state_dict)")
+    p.add_argument("--onnx", help="use this ONNX file instead of a built-in model")
+    p.add_argument("--input-name", help="ONNX input to give --input-shape (for dynamic dims)")
 
 
 def _load_weights(args: argparse.Namespace):
@@ -257,11 +283,25 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a pruned model (built-in or .onnx) and export it")
     _add_model_args(c)
     _add_prune_args(c)
-    c.add_argument("--weights", help="pruned model saved by 'mcpruner prune --out' (or a pruned state_dict)")
-    c.add_argument("--onnx", help="compile this ONNX file instead of a built-in model")
-    c.add_argument("--input-name", help="ONNX input to give --input-shape (for dynamic dims)")
+    _add_source_args(c)
     c.add_argument("--out", help="export the compiled library here (.so)")
+    c.add_argument("--tuning-log", default="auto",
+                   help="'auto' (the autotune_logs/ folder measured for this target), a log folder, or 'none'")
     c.set_defaults(func=_cmd_compile)
+
+    tu = sub.add_parser("tune", help="tune a pruned model with MetaSchedule + XGBoost (locally or over a tracker)",
+                        description="Measures schedules of every kernel of the compiled model and appends them "
+                        "to a MetaSchedule log that 'mcpruner compile' applies. Re-running resumes.")
+    _add_model_args(tu)
+    _add_prune_args(tu)
+    _add_source_args(tu)
+    tu.add_argument("--trials", type=int, default=200, help="measurement budget (counting what the log holds)")
+    tu.add_argument("--log", help="log folder (default autotune_logs/<device>)")
+    tu.add_argument("--tracker", help="HOST:PORT of a TVM RPC tracker (default: measure on this machine)")
+    tu.add_argument("--key", help="device key on the tracker (e.g. hikey970)")
+    tu.add_argument("--search", choices=("xgb", "random"), default="xgb")
+    tu.add_argument("--sparse-only", action="store_true", help="tune only our sparse kernels")
+    tu.set_defaults(func=_cmd_tune)
 
     b = sub.add_parser("bench", help="time a pruned built-in model side by side")
     _add_model_args(b)
