@@ -128,6 +128,8 @@ def tune(
     preset = get_preset(target)
     key = key or preset.rpc_key
     tvm_target = preset.tvm_target()
+    if preset.family in ("x86", "arm_cpu"):
+        _skip_cuda_tensor_intrinsics()
     log_dir = Path(log_dir) if log_dir is not None else default_log_dir(preset)
     database = open_tuning_log(log_dir, tvm_target, create=True)
     start = time.perf_counter()
@@ -206,6 +208,21 @@ def _tune_contexts(extracted, preset: TargetPreset, search: str, sparse_only: bo
         weights.append(float(task.weight))
         kinds.append("sparse" if sparse else "dense")
     return contexts, weights, kinds
+
+
+def _skip_cuda_tensor_intrinsics() -> None:
+    """Stand in an empty module for TVM's CUDA tensor intrinsics, in this process.
+
+    The first TuneContext imports ``tvm.s_tir.tensor_intrin``, every intrinsic TVM has;
+    parsing the CUDA ones alone takes ~30 s of CPU (two minutes on a busy 2-core
+    machine). CPU schedules never use them; the x86 / arm ones still register.
+    """
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin.cuda"
+    if "tvm.s_tir.tensor_intrin" not in sys.modules and name not in sys.modules:
+        sys.modules[name] = types.ModuleType(name, "not loaded: CPU tuning (see tvm_mcpruner.tuning)")
 
 
 def _sparse_space(family: str) -> ms.space_generator.ScheduleFn:

@@ -1,0 +1,111 @@
+"""mcp.tune end to end: real MetaSchedule + XGBoost, LocalRunner and a real tvm.rpc farm.
+
+Budgets are a handful of trials: these check the machinery (logs written and applied,
+outputs right, resumption, measurements spread over servers), not the tuning quality;
+that is benchmarks/tuning.py's job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from tvm.s_tir import meta_schedule as ms
+
+import tvm_mcpruner as mcp
+from tests._arm import require_arm_emulation
+from tvm_mcpruner import arm_emulation, rpc_farm
+from tvm_mcpruner.tuning_log import RECORD_FILE, log_target, target_signature
+
+TOLERANCE = 1e-4  # relative to the output's max magnitude, as everywhere else
+
+
+def pruned_layer(cin=16, cout=32, size=10, target="host", seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.ReLU()).eval()
+    pruned, _ = mcp.prune(model, target=target, keep_kernels=0.5)
+    x = torch.randn(1, cin, size, size)
+    return mcp.from_torch(pruned, (x,)), x.numpy(), pruned(x).detach().numpy()
+
+
+def assert_matches(y, ref):
+    assert np.abs(y - ref).max() <= TOLERANCE * max(1.0, float(np.abs(ref).max()))
+
+
+def records(log_dir):
+    return [json.loads(line) for line in (log_dir / RECORD_FILE).read_text().splitlines() if line.strip()]
+
+
+def test_local_tuning_logs_resumes_and_is_applied(tmp_path):
+    mod, x, ref = pruned_layer()
+    log = tmp_path / "log"
+    report = mcp.tune(mod, "host", trials=6, log_dir=log, sparse_only=True, progress=False)
+    (task,) = report.tasks
+    assert task.kind == "sparse" and task.default_ms > 0 and task.best_ms <= task.default_ms
+    assert 2 <= task.trials <= 6 and len(records(log)) == task.trials
+    assert log_target(log) == target_signature(mcp.get_preset("host").tvm_target())
+
+    again = mcp.tune(mod, "host", trials=6, log_dir=log, sparse_only=True, progress=False)
+    assert again.trials_run == 0 and len(records(log)) == task.trials  # resumed: nothing to add
+
+    compiled = mcp.compile(mod, "host", tuning_log=log)
+    assert compiled.tuning_log == log and compiled.tuned_functions == [compiled.sparse_layers[0].function]
+    assert "[tuned]" in compiled.summary()
+    assert_matches(compiled(x), ref)
+
+
+def test_dense_ops_are_tuned_in_the_same_run(tmp_path):
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()).eval()
+    pruned, _ = mcp.prune(model, target="host", keep_kernels=0.5)
+    x = torch.randn(1, 3, 8, 8)
+    mod = mcp.from_torch(pruned, (x,))
+    report = mcp.tune(mod, "host", trials=8, log_dir=tmp_path, progress=False)
+    kinds = {t.kind for t in report.tasks}
+    assert kinds == {"sparse", "dense"}, report.summary()
+    compiled = mcp.compile(mod, "host", tuning_log=tmp_path)
+    assert_matches(compiled(x), pruned(x).detach().numpy())
+
+
+def test_tuning_over_a_tracker_spreads_measurements_over_two_servers(tmp_path):
+    mod, x, ref = pruned_layer(seed=2)
+    with rpc_farm.start_tracker() as tracker:
+        servers = [rpc_farm.start_server(tracker.address, "tune-test", wait=False) for _ in range(2)]
+        try:
+            rpc_farm.wait_for_servers(tracker.address, "tune-test", count=2, timeout=90)
+            report = mcp.tune(mod, "host", trials=8, log_dir=tmp_path, sparse_only=True,
+                              tracker=tracker.address, key="tune-test", progress=False)
+            served = [server.sessions_served() for server in servers]
+        finally:
+            for server in servers:
+                server.stop()
+    assert "tune-test" in report.runner
+    assert all(n >= 1 for n in served), served
+    assert sum(served) >= report.tasks[0].trials - 1  # one session per measurement
+    assert_matches(mcp.compile(mod, "host", tuning_log=tmp_path)(x), ref)
+
+
+@pytest.mark.arm
+def test_tuning_for_hikey970_over_the_emulated_aarch64_server(tmp_path):
+    """Emulated (qemu) — correctness only: the times in this log are not device timings."""
+    require_arm_emulation()
+    mod, x, ref = pruned_layer(cin=8, cout=8, size=6, target="hikey970-cpu", seed=3)
+    start = time.perf_counter()
+    with rpc_farm.start_tracker() as tracker:
+        with rpc_farm.start_server(tracker.address, arm_emulation.RPC_KEY, emulate_aarch64=True) as server:
+            report = mcp.tune(
+                mod, "hikey970-cpu", trials=4, log_dir=tmp_path, sparse_only=True,
+                tracker=tracker.address, key=arm_emulation.RPC_KEY, progress=False,
+                evaluator=ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0),
+            )
+            compiled = mcp.compile(mod, "hikey970-cpu", tuning_log=tmp_path)
+            assert compiled.tuned_functions, compiled.summary()
+            lib = arm_emulation.export_for_arm(compiled.executable, tmp_path / "model.so")
+            y = arm_emulation.run_vm(server, lib, [x])
+    print(f"emulated aarch64 tuning + check: {time.perf_counter() - start:.0f} s wall ({arm_emulation.LABEL})")
+    assert report.tasks[0].trials >= 2
+    assert_matches(y, ref)
