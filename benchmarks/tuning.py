@@ -42,7 +42,7 @@ from tvm_mcpruner.tuning import tune  # noqa: E402
 from tvm_mcpruner.tuning_log import RECORD_FILE  # noqa: E402
 
 SPARSITY = "A"
-COMPARE_BUDGETS = (16, 32, 64, 128)
+COMPARE_BUDGETS = (16, 32, 64)
 DEFAULT_COMPARE = ("256->256 3x3/s1 @14x14", "128->128 3x3/s1 @28x28", "512->512 3x3/s1 @7x7")
 
 
