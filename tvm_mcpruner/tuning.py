@@ -162,6 +162,10 @@ def tune(
         logger.info("tuning log %s already holds %d measurements of these %d tasks; %d more to run",
                     log_dir, done, len(contexts), budget)
     if budget:
+        # MetaSchedule draws its per-task table with pandas (not a requirement here) and
+        # clears the cell's output when it believes it runs in Jupyter; plain text goes
+        # to its log files instead, and our tqdm bar shows the progress.
+        tvm.register_global_func("s_tir.meta_schedule.using_ipython", lambda: False, override=True)
         bar = _ProgressBar(budget, [ctx.task_name for ctx in contexts], enabled=progress)
         try:
             ms.tune.tune_tasks(
