@@ -312,10 +312,10 @@ def _make_runner(preset, tracker, key, operands, timeout_s, evaluator, threads):
         config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                      session_timeout_sec=int(timeout_s) * 4)
         return ms.runner.RPCRunner(config, evaluator, max_workers=2,
-                                   f_alloc_argument=_RemoteOperands(operands.directory))
+                                   f_alloc_argument=_StoredOperands(operands.directory))
     return ms.runner.LocalRunner(
         timeout_sec=timeout_s, evaluator_config=evaluator,
-        f_alloc_argument=_LocalOperands(operands.directory, threads or preset.threads),
+        f_alloc_argument=_StoredOperands(operands.directory, threads or preset.threads),
     )
 
 
@@ -386,27 +386,21 @@ def _arguments(directory: Path, args_info: list, make) -> list:
     return args
 
 
-class _LocalOperands:
-    """``f_alloc_argument`` of the LocalRunner; also sizes the worker's thread pool."""
+class _StoredOperands:
+    """``f_alloc_argument`` of both runners: ``(device, args_info, repeat)`` for the
+    LocalRunner, ``(session, device, args_info, repeat)`` for the RPCRunner (the arrays
+    are then copied to the remote device). Locally it also sizes the worker's thread
+    pool, whose default is half the CPUs."""
 
-    def __init__(self, directory: Path, threads: int):
+    def __init__(self, directory: Path, threads: int | None = None):
         self.directory, self.threads = directory, threads
 
-    def __call__(self, device, args_info, alloc_repeat):
-        from .compiler import set_tvm_threads
+    def __call__(self, *args):
+        device, args_info, alloc_repeat = args[-3:]
+        if self.threads is not None:
+            from .compiler import set_tvm_threads
 
-        set_tvm_threads(self.threads)  # the worker's default pool is half the CPUs
-        return [_arguments(self.directory, args_info, lambda a: tvm.runtime.tensor(a, device))
-                for _ in range(alloc_repeat)]
-
-
-class _RemoteOperands:
-    """``f_alloc_argument`` of the RPCRunner: the same operands, copied to the remote device."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-
-    def __call__(self, session, device, args_info, alloc_repeat):
+            set_tvm_threads(self.threads)
         return [_arguments(self.directory, args_info, lambda a: tvm.runtime.tensor(a, device))
                 for _ in range(alloc_repeat)]
 
