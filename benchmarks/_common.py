@@ -47,6 +47,13 @@ logger = logging.getLogger("mcpruner.benchmarks")
 
 Runner = Callable[[], Any]
 
+# Idle time before each timed repeat. Each framework keeps its worker threads spinning
+# for a while after a call (OpenMP, TVM's pool, onnxruntime's); with 20 ms they were
+# still awake, and torch's 256->512 3x3 conv on 2 threads measured 4.3-16 ms across the
+# repeats of one interleaved run against 4.5 +- 0.1 ms alone. With 0.3 s every framework's
+# repeats agreed within ~15% (2026-11-23, this machine).
+SETTLE_S = 0.25
+
 
 # ----------------------------------------------------------------------------- timing
 def calls_per_repeat(fn: Runner, warmup: int = 2, min_repeat_ms: float = 50.0) -> int:
@@ -77,7 +84,7 @@ def time_ms(fn: Runner, repeats: int = 5, warmup: int = 2, min_repeat_ms: float 
 
 
 def time_interleaved(runners: dict[str, Runner], repeats: int = 5, warmup: int = 2,
-                     min_repeat_ms: float = 50.0, settle_s: float = 0.02) -> dict[str, list[float]]:
+                     min_repeat_ms: float = 50.0, settle_s: float = SETTLE_S) -> dict[str, list[float]]:
     """:func:`time_ms` for several runners, repeats taken round-robin.
 
     Interleaving makes a load change on a shared machine hit every framework alike
@@ -473,7 +480,8 @@ def run_info(threads: int, tuner: DenseTuner, repeats: int, tuning: dict[str, An
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "repeats": repeats,
         "timing": "median over repeats of the mean of N back-to-back calls (N: >= 50 ms per repeat), "
-                  "after warm-up; Python call overhead included for every framework alike",
+                  f"after warm-up, repeats interleaved across frameworks with {SETTLE_S} s idle before each; "
+                  "Python call overhead included for every framework alike",
         "tvm_dense": tuner.describe() + (
             f"; {len(tuning['short_of_budget'])} of {tuning['tasks']} tasks short of the budget "
             "(see tuning.short_of_budget)" if tuning["short_of_budget"] else ""),
