@@ -95,8 +95,12 @@ def best_after(log_dir: Path, budgets: tuple[int, ...]) -> dict[int, float]:
 
 
 def side_by_side(mod, x, ref, log_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
+    """Default and tuned builds timed interleaved, plus a second default build as an A/A
+    control: its ratio to the first is this run's measurement noise on this layer
+    (same code, so any difference is the machine's)."""
     builds = {"default": mcp.compile(mod, "host", threads=threads, tuning_log=None),
-              "tuned": mcp.compile(mod, "host", threads=threads, tuning_log=log_dir)}
+              "tuned": mcp.compile(mod, "host", threads=threads, tuning_log=log_dir),
+              "default_again": mcp.compile(mod, "host", threads=threads, tuning_log=None)}
     arg = tvm.runtime.tensor(np.ascontiguousarray(x))
     runners = {}
     for name, compiled in builds.items():
@@ -123,11 +127,13 @@ def part1(layers, args, workdir: Path) -> list[dict[str, Any]]:
                "tune_wall_s": round(report.wall_s, 1), "tuner_default_ms": task.default_ms,
                "tuner_best_ms": task.best_ms, "default_ms": timed["default"], "tuned_ms": timed["tuned"],
                "speedup": timed["default"] / timed["tuned"], "nonzero_macs": nonzero,
+               "default_again_ms": timed["default_again"], "aa_ratio": timed["default"] / timed["default_again"],
                "tuned_gflops_nonzero": 2 * nonzero / (timed["tuned"] * 1e-3) / 1e9,
                "default_gflops_nonzero": 2 * nonzero / (timed["default"] * 1e-3) / 1e9,
                "log_dir": str(log_dir), "log_applied": bool(timed["tuned_functions"])}
         print(f"{row['layer']:<28} default {row['default_ms']:.4f} ms  tuned {row['tuned_ms']:.4f} ms  "
-              f"{row['speedup']:.2f}x  ({row['trials']} trials, {row['tune_wall_s']:.0f} s)", flush=True)
+              f"{row['speedup']:.2f}x  A/A {row['aa_ratio']:.2f}  ({row['trials']} trials, {row['tune_wall_s']:.0f} s)",
+              flush=True)
         rows.append(row)
         if args.ship_log:
             append_log(log_dir, args.ship_log)
@@ -176,14 +182,25 @@ def markdown(info, peak, rows1, rows2, wall_s) -> str:
         text.append(f"\n## Part 1: tuned vs default schedule, sparsity {SPARSITY} (XGBoost, "
                     f"{rows1[0]['trials']} measured candidates per layer incl. the default)\n")
         text.append(C.md_table(
-            ["layer", "default ms", "tuned ms", "speedup", "tuned GF/s nz", "tuned % peak", "trials", "tune s"],
+            ["layer", "default ms", "tuned ms", "speedup", "A/A (noise)", "tuner: default/best", "tuned GF/s nz",
+             "tuned % peak", "trials", "tune s"],
             [[r["layer"], C.fmt(r["default_ms"], ".4f"), C.fmt(r["tuned_ms"], ".4f"), C.fmt(r["speedup"]),
+              C.fmt(r.get("aa_ratio")), C.fmt(r["tuner_default_ms"] / r["tuner_best_ms"]),
               C.fmt(r["tuned_gflops_nonzero"], ".0f"), C.fmt(r["tuned_pct_peak"], ".0f"), r["trials"],
               C.fmt(r["tune_wall_s"], ".0f")] for r in rows1]))
         text.append(f"\nMedian speedup over the default knobs: {statistics.median(speedups):.2f}x "
                     f"(min {min(speedups):.2f}x, max {max(speedups):.2f}x); layers slower after tuning "
                     f"(< 0.97x): {sum(s < 0.97 for s in speedups)}. Tuning wall time: "
                     f"{sum(r['tune_wall_s'] for r in rows1):.0f} s.")
+        noise = [abs(1 - r["aa_ratio"]) for r in rows1 if r.get("aa_ratio")]
+        if noise:
+            band = 2 * statistics.median(noise)
+            text.append(f"\nA/A control (the default build timed twice in the same interleaving): "
+                        f"median deviation {100 * statistics.median(noise):.1f}%, max {100 * max(noise):.1f}%. "
+                        f"Layers slower after tuning beyond twice the median A/A deviation "
+                        f"(< {1 - band:.3f}x): {sum(r['speedup'] < 1 - band for r in rows1)}. "
+                        f"'tuner: default/best' is the tuner's own measurement of the gain (the default "
+                        f"schedule is measured and logged first, so it is >= 1.00 by construction).")
     if rows2:
         text.append("\n## Part 2: XGBoost vs random search, best latency (ms) after k trials\n")
         text.append(C.md_table(

@@ -1,0 +1,23 @@
+"""benchmarks/tuning.py --quick end to end: files written, fields present, the tuned build
+applied and checked against torch inside the script. Never the speed."""
+
+from __future__ import annotations
+
+import json
+
+from .test_layers import _load
+
+tuning = _load("tuning")
+
+
+def test_quick_run_writes_results_with_an_aa_control(tmp_path):
+    payload = tuning.main(["--quick", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "tuning_quick.json").read_text())
+    assert written["part1"] and not written["part2"]
+    for row in written["part1"]:
+        assert row["log_applied"], row["layer"]  # the log reached mcp.compile
+        assert row["trials"] >= 1 and row["tuner_best_ms"] <= row["tuner_default_ms"]
+        assert row["default_again_ms"] > 0 and row["aa_ratio"] > 0
+    text = (tmp_path / "tuning_quick.md").read_text()
+    assert "A/A control" in text and "Median speedup over the default knobs" in text
+    assert payload["peak"]["peak_gflops"] > 0
