@@ -165,7 +165,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.tracker and not args.key:
         raise ValueError("--tracker needs --key (the key the board's RPC server registered with)")
     report = tune(_model_module(args), args.target, trials=args.trials, log_dir=args.log,
-                  tracker=args.tracker, key=args.key, search=args.search, sparse_only=args.sparse_only)
+                  tracker=args.tracker, key=args.key, search=args.search, sparse_only=args.sparse_only,
+                  emulated=args.emulated)
     print(report.summary())
     print(f"'mcpruner compile --target {args.target}' now applies {report.log_dir} "
           "(or pass --tuning-log to pick a folder)")
@@ -248,6 +249,13 @@ def _cmd_server(args: argparse.Namespace) -> int:
         print(f"mcpruner server: error: {err}", file=sys.stderr)
         return 2
     print(f"serving: {server!r}; Ctrl-C stops it.", flush=True)
+    if args.emulate_aarch64:
+        hint = ("its key names an emulator, so `mcpruner tune` records the log as emulated by itself"
+                if rpc_farm.key_names_emulator(args.key) else
+                f"key {args.key!r} does not say so (keys with {' or '.join(map(repr, rpc_farm.EMULATED_KEY_MARKERS))} "
+                "do): pass --emulated to `mcpruner tune`")
+        print(f"Emulated timings are not device timings: {hint}; 'compile --tuning-log auto' skips "
+              "logs with emulated provenance.", flush=True)
     return rpc_farm.run_in_foreground(server)
 
 
@@ -301,6 +309,10 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--key", help="device key on the tracker (e.g. hikey970)")
     tu.add_argument("--search", choices=("xgb", "random"), default="xgb")
     tu.add_argument("--sparse-only", action="store_true", help="tune only our sparse kernels")
+    tu.add_argument("--emulated", action=argparse.BooleanOptionalAction, default=None,
+                    help="whether the RPC servers are emulated (qemu), recorded in the log's provenance.jsonl "
+                    "('compile' skips emulated logs unless given by path); default: inferred from a key "
+                    "containing 'qemu'/'emul', else unknown over RPC, --no-emulated locally")
     tu.set_defaults(func=_cmd_tune)
 
     b = sub.add_parser("bench", help="time a pruned built-in model side by side")

@@ -15,7 +15,7 @@ from relay_passes import ApplyTuningDatabase, RewriteSparseConv2d, SparseLayerRe
 
 from .sparse_format import MIN_MAC_REDUCTION
 from .targets import TargetPreset, get_preset
-from .tuning_log import find_tuning_log, open_tuning_log
+from .tuning_log import LogProvenance, find_tuning_log, log_provenance, open_tuning_log
 
 __all__ = ["CompiledModel", "SparseLayerRecord", "compile", "set_tvm_threads"]
 
@@ -27,8 +27,9 @@ class CompiledModel:
 
     ``sparse_layers`` holds one :class:`SparseLayerRecord` per conv layer (name, sparse,
     reason, kernel, MAC reduction); ``executable`` is the ``tvm.relax.VMExecutable``;
-    ``tuning_log`` the log folder whose schedules were applied (None: defaults only) and
-    ``tuned_functions`` the PrimFuncs that got a schedule from it.
+    ``tuning_log`` the log folder whose schedules were applied (None: defaults only),
+    ``tuning_log_provenance`` who measured it (``.status``: "hardware", "unknown" or
+    "emulated") and ``tuned_functions`` the PrimFuncs that got a schedule from it.
     """
 
     def __init__(
@@ -39,11 +40,13 @@ class CompiledModel:
         threads: int | None = None,
         tuning_log: Path | None = None,
         tuned_functions: list[str] | None = None,
+        tuning_log_provenance: LogProvenance | None = None,
     ):
         self.executable = executable
         self.preset = preset
         self.sparse_layers = sparse_layers
         self.tuning_log = tuning_log
+        self.tuning_log_provenance = tuning_log_provenance
         self.tuned_functions = list(tuned_functions or [])
         self.threads = threads or preset.threads
         self.device = tvm.cpu() if preset.family in ("x86", "arm_cpu") else None
@@ -84,8 +87,9 @@ class CompiledModel:
         if self.tuning_log is None:
             lines.append("  tuning log: none (default schedules)")
         else:
+            provenance = self.tuning_log_provenance or LogProvenance()
             lines.append(f"  tuning log: {self.tuning_log} ({len(self.tuned_functions)} functions "
-                         "scheduled from it)")
+                         f"scheduled from it; {provenance.describe()})")
         tuned = set(self.tuned_functions)
         lines += [f"  {r}{'  [tuned]' if r.function in tuned else ''}" for r in self.sparse_layers]
         return "\n".join(lines)
@@ -121,9 +125,11 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     as a direct dense conv; convs it cannot run stay TVM's; see ``sparse_layers``.
 
     ``tuning_log``: "auto" applies the log under ``autotune_logs/`` whose records were
-    measured for this target (see ``mcp.tune``), if there is one; a folder applies that
-    log (an error if it is malformed or for another target); None uses the default
-    schedules. The log used is logged and kept in ``CompiledModel.tuning_log``.
+    measured for this target (see ``mcp.tune``), if there is one and its provenance does
+    not say emulated (qemu); a folder applies that log (an error if it is malformed or for
+    another target; a warning if its timings are emulated); None uses the default
+    schedules. The log used and its provenance are logged and kept in
+    ``CompiledModel.tuning_log`` / ``tuning_log_provenance``.
     """
     if not isinstance(mod, tvm.IRModule) or "main" not in [g.name_hint for g in mod.get_global_vars()]:
         raise TypeError("mcp.compile expects a Relax IRModule with a 'main' function "
@@ -132,15 +138,20 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     tvm_target = preset.tvm_target()
     log_dir = find_tuning_log(tvm_target) if tuning_log == "auto" else tuning_log
     apply_log = ApplyTuningDatabase(open_tuning_log(log_dir, tvm_target)) if log_dir else None
+    provenance = log_provenance(log_dir) if log_dir else None  # validated just above: not parsed again
+    if provenance is not None and provenance.status == "emulated":
+        logger.warning("tuning log %s: %s; applied because it was asked for by path", log_dir,
+                       provenance.describe())
     rewrite = RewriteSparseConv2d(preset, min_mac_reduction=min_mac_reduction)
     pipeline = mcpruner_pipeline(preset, rewrite=rewrite, database=apply_log)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     applied = apply_log.applied if apply_log else []
     logger.info("compiled %d conv layers (%d sparse) for %s; tuning log: %s", len(rewrite.records),
                 sum(r.sparse for r in rewrite.records), preset.name,
-                f"{log_dir} ({len(applied)} functions tuned)" if log_dir else "none")
+                f"{log_dir} ({len(applied)} functions tuned; {provenance.describe()})" if log_dir else "none")
     return CompiledModel(executable, preset, list(rewrite.records), threads=threads,
-                         tuning_log=Path(log_dir) if log_dir else None, tuned_functions=applied)
+                         tuning_log=Path(log_dir) if log_dir else None, tuned_functions=applied,
+                         tuning_log_provenance=provenance)
 
 
 def _as_numpy(x: Any) -> np.ndarray:

@@ -69,9 +69,12 @@ __all__ = [
     "ServerProcess",
     "TrackerProcess",
     "TrackerUnreachableError",
+    "EMULATED_KEY_MARKERS",
     "board_join_command",
     "build_without_tensor_intrinsics",
+    "emulated_server_running",
     "export_aarch64_shared_library",
+    "key_names_emulator",
     "start_server",
     "start_tracker",
     "tracker_summary",
@@ -80,6 +83,9 @@ __all__ = [
 
 DEFAULT_TRACKER_PORT = 9190
 BOARD_KEY = "hikey970"
+# A key naming one of these is an emulated server by convention (arm_emulation.RPC_KEY is
+# "aarch64-qemu"); mcp.tune records its measurements as emulated.
+EMULATED_KEY_MARKERS = ("qemu", "emul")
 LOGS_ENV = "MCPRUNER_RPC_LOGS"
 # One line per session in TVM's rpc/server.py: logger.info(f"connected from {addr}").
 _SESSION_LINE = re.compile(r"\bconnected from \(")
@@ -96,6 +102,21 @@ class TrackerUnreachableError(RPCFarmError, ConnectionError):
 def board_join_command(tracker: str = f"HOST:{DEFAULT_TRACKER_PORT}", key: str = BOARD_KEY) -> str:
     """The one line a board runs to join the farm (TVM's own server; nothing of ours on the board)."""
     return f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key}"
+
+
+def key_names_emulator(key: str | None) -> bool:
+    """Whether an RPC key says its servers are emulated (contains "qemu" or "emul")."""
+    return bool(key) and any(marker in key.lower() for marker in EMULATED_KEY_MARKERS)
+
+
+def emulated_server_running(tracker: str | tuple[str, int], key: str) -> bool:
+    """Whether this process started an emulated server (not stopped yet) under ``key`` at ``tracker``."""
+    try:
+        address = parse_tracker(tracker, loopback_only=False)
+    except ValueError:
+        return False
+    return any(isinstance(p, ServerProcess) and p.emulated is not None and p.key == key
+               and parse_tracker(p.tracker, loopback_only=False) == address for p in list(_RUNNING))
 
 
 # --------------------------------------------------------------------------- asking the tracker

@@ -18,11 +18,15 @@ The log (``tuning_log``) is only appended to, after every batch of measurements:
 that is stopped keeps what it measured, and running the same command again resumes (the
 trial budget counts what the log already holds for the model's tasks). Each sparse kernel's
 default schedule is measured and logged first, so a tuned model is never compiled with a
-schedule slower than the default.
+schedule slower than the default. Before it measures anything, a run appends a line to
+the log's ``provenance.jsonl`` saying who measures (runner, tracker and key, emulated or
+not, this host's CPU, TVM version, date, budget); ``mcp.compile`` does not pick a log
+with emulated timings by itself.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -42,8 +46,8 @@ from tvm.s_tir import meta_schedule as ms
 import topi_sparse
 from relay_passes import RewriteSparseConv2d, to_tir_stage
 
-from .targets import TargetPreset, get_preset
-from .tuning_log import TuningLogError, default_log_dir, open_tuning_log
+from .targets import TargetPreset, _host_cpu_name, get_preset
+from .tuning_log import RECORD_FILE, append_provenance, default_log_dir, open_tuning_log, target_signature
 
 __all__ = ["TaskResult", "TuningReport", "tune"]
 
@@ -81,10 +85,14 @@ class TuningReport:
     trials_run: int
     wall_s: float
     tasks: list[TaskResult] = field(default_factory=list)
+    emulated: bool | None = False  # None: not known whether the RPC servers were emulated
 
     def summary(self) -> str:
+        measured = {True: "; EMULATED (qemu) timings, not device timings: compile's 'auto' skips this log",
+                    None: "; provenance unknown (emulated=None: pass emulated=False for a board)",
+                    False: ""}[self.emulated]
         lines = [f"tuned for {self.target} via {self.runner} ({self.search}): {self.trials_run} trials "
-                 f"in {self.wall_s:.0f} s; log {self.log_dir}",
+                 f"in {self.wall_s:.0f} s; log {self.log_dir}{measured}",
                  f"  {'task':<34} {'kind':<6} {'trials':>6} {'default ms':>11} {'best ms':>9} {'gain':>6}"]
         for t in self.tasks:
             default = f"{t.default_ms:.4f}" if t.default_ms is not None else "-"
@@ -110,6 +118,7 @@ def tune(
     threads: int | None = None,
     progress: bool = True,
     seed: int = 0,
+    emulated: bool | None = None,
 ) -> TuningReport:
     """Tune ``mod`` (as ``mcp.compile`` would build it) for ``target``; append to its log.
 
@@ -120,6 +129,14 @@ def tune(
     search guided by MetaSchedule's XGBoost cost model) or "random" (replayed random
     samples of the same spaces). ``sparse_only`` skips TVM's dense ops.
     ``threads`` sizes the thread pool of local measurements (default: the preset's).
+
+    ``emulated`` says whether the RPC servers are emulated (qemu); it goes into the log's
+    ``provenance.jsonl``, and ``mcp.compile(tuning_log="auto")`` skips a log holding
+    emulated timings. None (default): False for local measurements; over RPC, True when
+    the key names an emulator (contains "qemu" or "emul", as ``arm_emulation.RPC_KEY``)
+    or this process started an emulated server under that key
+    (``rpc_farm.start_server(..., emulate_aarch64=True)``), else unknown (recorded as
+    null; the log is still applied). ``emulated=False`` for such a key is refused.
     """
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
@@ -127,6 +144,7 @@ def tune(
         raise ValueError("give both tracker and key (or neither, to measure on this machine)")
     preset = get_preset(target)
     key = key or preset.rpc_key
+    emulated = _resolve_emulated(emulated, tracker, key)
     tvm_target = preset.tvm_target()
     if preset.family in ("x86", "arm_cpu"):
         _skip_cuda_tensor_intrinsics()
@@ -143,6 +161,14 @@ def tune(
     contexts, weights, kinds = _tune_contexts(extracted, preset, search, sparse_only, work_dir, seed)
     if not contexts:
         raise ValueError("nothing to tune: the model has no PrimFunc that is not scheduled already")
+    # Before the first measurement: a run stopped half-way is still on record.
+    append_provenance(log_dir, {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "runner": "rpc" if tracker else "local",
+        "tracker": tracker, "key": key if tracker else None, "emulated": emulated,
+        "host_cpu": _host_cpu_name(), "tvm": tvm.__version__, "trials": trials, "search": search,
+        "target": target_signature(tvm_target), "records_before": _count_lines(log_dir / RECORD_FILE),
+    })
 
     from . import rpc_farm
 
@@ -184,7 +210,36 @@ def tune(
         for i, ctx in enumerate(contexts)
     ]
     return TuningReport(log_dir=log_dir, target=preset.name, runner=runner_name, search=search,
-                        trials_run=budget, wall_s=time.perf_counter() - start, tasks=tasks)
+                        trials_run=budget, wall_s=time.perf_counter() - start, tasks=tasks,
+                        emulated=emulated)
+
+
+def _resolve_emulated(emulated: bool | None, tracker: str | None, key: str | None) -> bool | None:
+    """Whether the measurements will be emulated: see ``tune(emulated=...)``."""
+    if emulated not in (True, False, None):
+        raise TypeError(f"emulated must be True, False or None, got {emulated!r}")
+    if tracker is None:
+        return False if emulated is None else emulated
+    from . import rpc_farm
+
+    if rpc_farm.key_names_emulator(key) or rpc_farm.emulated_server_running(tracker, key):
+        if emulated is False:
+            raise ValueError(f"emulated=False, but the servers under key {key!r} are emulated (the key "
+                             f"names an emulator, or this process started them with emulate_aarch64); "
+                             "their timings are not device timings")
+        return True
+    if emulated is None:
+        logger.warning("tuning over RPC key %r: not known whether its servers are emulated; the log's "
+                       "provenance says unknown (pass emulated=False / --no-emulated for a real board, "
+                       "emulated=True / --emulated for qemu)", key)
+    return emulated
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 # --------------------------------------------------------------------------- tasks

@@ -6,22 +6,41 @@ TVM reads it too (``ms.database.JSONDatabase``). MetaSchedule only ever appends 
 to them; nothing here rewrites or truncates a log. Every record names the target it was
 measured for, and one folder holds one target: that is how ``mcp.compile`` finds the
 log that fits its target, and how a log meant for another device is refused.
+
+Next to them, ``provenance.jsonl`` says who measured: one JSON line appended by each
+``mcp.tune`` run before it measures anything (runner "local" or "rpc", tracker and key,
+whether the server was emulated, the tuning host's CPU, TVM version, date, trial budget,
+target, and how many records the log held before the run). A folder any of whose runs was
+emulated (qemu) holds emulated timings: ``find_tuning_log`` (``mcp.compile``'s "auto")
+skips it, with the reason logged. A folder without the file (logs from before it
+existed) has "unknown" provenance and is still applied.
+
+Looking a log up is cheap: the target is read from the provenance file where there is
+one; the records are parsed to validate them only for the folder that fits, and a
+folder's validation is remembered per file (inode, size, mtime) in this process, so
+``mcp.compile`` validates the log it applies once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PROVENANCE_FILE",
     "REPO_LOG_ROOT",
+    "LogProvenance",
     "TuningLogError",
+    "append_provenance",
     "default_log_dir",
     "device_name",
     "find_tuning_log",
+    "log_provenance",
     "log_target",
     "open_tuning_log",
     "target_signature",
@@ -31,6 +50,8 @@ logger = logging.getLogger("tvm_mcpruner")
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+PROVENANCE_FILE = "provenance.jsonl"
+RUNNERS = ("local", "rpc")
 REPO_LOG_ROOT = Path(__file__).resolve().parents[1] / "autotune_logs"
 # What makes two targets the same machine for a schedule (tags and keys do not).
 _SIGNATURE_KEYS = ("kind", "mtriple", "mcpu", "mattr", "num-cores", "device", "arch")
@@ -114,24 +135,188 @@ def _check_log(directory: Path) -> dict[str, Any] | None:
     return signature
 
 
+# --------------------------------------------------------------------------- provenance
+
+
+@dataclass(frozen=True)
+class LogProvenance:
+    """The lines of a log folder's ``provenance.jsonl`` (empty: the folder has none).
+
+    ``status`` is "emulated" when any run measured on an emulated (qemu) server, else
+    "unknown" when there is no line or a run did not know whether its server was
+    emulated, else "hardware".
+    """
+
+    entries: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def status(self) -> str:
+        if any(e["emulated"] is True for e in self.entries):
+            return "emulated"
+        if not self.entries or any(e["emulated"] is None for e in self.entries):
+            return "unknown"
+        return "hardware"
+
+    @property
+    def target(self) -> dict[str, Any] | None:
+        """The target signature the runs name (they all name the same one)."""
+        return next((e["target"] for e in self.entries if e.get("target") is not None), None)
+
+    def describe(self) -> str:
+        """One phrase for summaries and log messages."""
+        status = self.status
+        if status == "emulated":
+            return "provenance: emulated (qemu) — not device timings"
+        if not self.entries:
+            return "provenance: unknown (no provenance.jsonl: nothing says who measured it)"
+        runs = "; ".join(_describe_run(e) for e in self.entries[-3:])
+        more = f"{len(self.entries) - 3} earlier run(s) and " if len(self.entries) > 3 else ""
+        if status == "unknown":
+            return f"provenance: unknown (not known whether the server was emulated): {more}{runs}"
+        return f"provenance: measured on hardware: {more}{runs}"
+
+
+def _describe_run(entry: dict[str, Any]) -> str:
+    if entry["runner"] == "local":
+        where = f"local on {entry.get('host_cpu') or 'this host'}"
+    else:
+        where = f"rpc key {entry.get('key')!r} via {entry.get('tracker')}"
+    return where + (f" ({entry['date']})" if entry.get("date") else "")
+
+
+def _check_provenance_entry(entry: Any) -> str | None:
+    """What is wrong with a provenance line (None: nothing)."""
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    if entry.get("runner") not in RUNNERS:
+        return f"'runner' must be one of {RUNNERS}, got {entry.get('runner')!r}"
+    if "emulated" not in entry or entry["emulated"] not in (True, False, None):
+        return "'emulated' must be true, false or null (not known)"
+    if entry.get("target") is not None and not isinstance(entry["target"], dict):
+        return "'target' must be a target signature (a JSON object)"
+    for key in ("trials", "records_before"):
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{key!r} must be an integer or null"
+    return None
+
+
+def _read_provenance(directory: Path) -> LogProvenance:
+    """Parse and check ``provenance.jsonl`` line by line (a missing file: no lines)."""
+    path = directory / PROVENANCE_FILE
+    if not path.exists():
+        return LogProvenance()
+    entries = []
+    for number, entry in _read_lines(path):
+        problem = _check_provenance_entry(entry)
+        if problem is not None:
+            raise TuningLogError(f"{path}:{number}: not a provenance line ({problem}). The log was "
+                                 "left as it is: fix or delete that line by hand.")
+        target = entry.get("target")
+        first = next((e["target"] for e in entries if e.get("target") is not None), None)
+        if target is not None and first is not None and target_signature(target) != target_signature(first):
+            raise TuningLogError(f"{path}:{number}: a run for {target}, while earlier runs were for "
+                                 f"{first}; one log folder holds one target")
+        entries.append(entry)
+    return LogProvenance(tuple(entries))
+
+
+def append_provenance(directory: str | Path, entry: dict[str, Any]) -> None:
+    """Append one line to the folder's ``provenance.jsonl`` (created if missing).
+
+    The existing lines are checked first (a corrupt line is an error; nothing is written).
+    The line goes out in one ``write`` on a file opened with ``O_APPEND``, so it lands
+    whole at the end, after whatever is there; earlier lines are never rewritten.
+    """
+    directory = Path(directory)
+    problem = _check_provenance_entry(entry)
+    if problem is not None:
+        raise ValueError(f"not a provenance line: {problem}")
+    previous = _read_provenance(directory)
+    if entry.get("target") is not None and previous.target is not None \
+            and target_signature(entry["target"]) != target_signature(previous.target):
+        raise TuningLogError(f"{directory / PROVENANCE_FILE}: its runs were for {previous.target}, "
+                             f"not {entry['target']}; one log folder holds one target")
+    path = directory / PROVENANCE_FILE
+    line = (json.dumps(entry) + "\n").encode("utf-8")
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # the last line lacks its newline: never glue two lines
+        if os.write(fd, line) != len(line):
+            raise OSError(f"{path}: short write while appending a provenance line")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- validation cache
+
+# directory -> ((inode, size, mtime) of its files, records' signature, provenance)
+_VALIDATED: dict[Path, tuple[tuple, dict[str, Any] | None, LogProvenance]] = {}
+
+
+def _file_state(directory: Path) -> tuple:
+    state = []
+    for name in (WORKLOAD_FILE, RECORD_FILE, PROVENANCE_FILE):
+        try:
+            st = os.stat(directory / name)
+        except FileNotFoundError:
+            state.append(None)
+        else:
+            state.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(state)
+
+
+def _validated(directory: Path) -> tuple[dict[str, Any] | None, LogProvenance]:
+    """Records' target signature and the provenance of a log folder, after checking both.
+
+    Remembered per (inode, size, mtime) of the three files: a log that did not change is
+    not parsed again (an appended line changes its size).
+    """
+    key = directory.resolve()
+    state = _file_state(directory)
+    cached = _VALIDATED.get(key)
+    if cached is not None and cached[0] == state:
+        return cached[1], cached[2]
+    signature = _check_log(directory)
+    provenance = _read_provenance(directory)
+    if signature is not None and provenance.target is not None \
+            and target_signature(provenance.target) != signature:
+        raise TuningLogError(f"{directory / PROVENANCE_FILE}: its runs were for {provenance.target}, "
+                             f"but the records in {RECORD_FILE} were measured for {signature}")
+    _VALIDATED[key] = (state, signature, provenance)
+    return signature, provenance
+
+
+def log_provenance(directory: str | Path) -> LogProvenance:
+    """Who measured the log in ``directory`` (after validating it; see :class:`LogProvenance`)."""
+    return _validated(Path(directory))[1]
+
+
 def log_target(directory: str | Path) -> dict[str, Any] | None:
     """Target signature of the records in a log folder (None when it has none yet)."""
-    return _check_log(Path(directory))
+    return _validated(Path(directory))[0]
 
 
 def open_tuning_log(directory: str | Path, target: Any = None, *, create: bool = False):
     """The log in ``directory`` as a MetaSchedule ``JSONDatabase``, after checking it.
 
-    Raises :class:`TuningLogError` when a line is malformed, or when ``target`` is given
-    and the records were measured for another one. ``create`` makes an empty log
-    (MetaSchedule then appends to it); otherwise a missing log is an error.
+    Raises :class:`TuningLogError` when a line (of the records or of the provenance) is
+    malformed, or when ``target`` is given and the log was measured for another one.
+    ``create`` makes an empty log (MetaSchedule then appends to it); otherwise a missing
+    log is an error. Whether the timings were emulated is not checked here: see
+    :func:`log_provenance`.
     """
     from tvm.s_tir import meta_schedule as ms
 
     directory = Path(directory)
     if not create and not (directory / RECORD_FILE).exists():
         raise TuningLogError(f"no tuning log in {directory} (expected {RECORD_FILE} there)")
-    signature = _check_log(directory)
+    signature, provenance = _validated(directory)
+    signature = signature if signature is not None else provenance.target
     if target is not None and signature is not None and signature != target_signature(target):
         raise TuningLogError(
             f"the tuning log in {directory} was measured for {signature}, not for "
@@ -146,8 +331,12 @@ def find_tuning_log(target: Any, roots: Iterable[str | Path] | None = None) -> P
     """The log folder under ``roots`` (default: ``./autotune_logs`` and the repository's)
     whose records were measured for ``target``; None when there is none.
 
+    Folders whose provenance says a run was emulated (qemu) are skipped, with the reason
+    logged: their timings are not device timings (ask for one by path to apply it anyway).
     A malformed log on the way is skipped with a warning (it may belong to another
-    device); ask for it by path to get the error itself.
+    device); ask for it by path to get the error itself. Only the folder that fits is
+    parsed: the others are told apart by their provenance file's target where they have
+    one.
     """
     wanted = target_signature(target)
     roots = [Path(r) for r in roots] if roots is not None else [Path.cwd() / "autotune_logs", REPO_LOG_ROOT]
@@ -158,10 +347,18 @@ def find_tuning_log(target: Any, roots: Iterable[str | Path] | None = None) -> P
         seen.add(root.resolve())
         for directory in sorted(p for p in root.iterdir() if (p / RECORD_FILE).exists()):
             try:
-                signature = _check_log(directory)
+                named = _read_provenance(directory).target
+                if named is not None and target_signature(named) != wanted:
+                    continue  # another device's log: not parsed
+                signature, provenance = _validated(directory)
             except TuningLogError as exc:
                 logger.warning("skipping tuning log %s: %s", directory, exc)
                 continue
-            if signature == wanted:
-                return directory
+            if signature != wanted:
+                continue
+            if provenance.status == "emulated":
+                logger.warning("skipping tuning log %s for %s: %s; pass it by path to apply it anyway",
+                               directory, wanted, provenance.describe())
+                continue
+            return directory
     return None

@@ -227,3 +227,14 @@ def test_emulated_aarch64_server_measures_through_the_tracker():
             _measure(tracker, arm_emulation.RPC_KEY, artifact, args_info, count=1, max_workers=1)
             assert server.sessions_served() == 1
         assert not server.alive
+
+
+def test_emulated_servers_are_known_by_key_or_by_this_process(monkeypatch, tmp_path):
+    assert rpc_farm.key_names_emulator(arm_emulation.RPC_KEY)
+    assert not rpc_farm.key_names_emulator(rpc_farm.BOARD_KEY) and not rpc_farm.key_names_emulator(None)
+    emulated = rpc_farm.ServerProcess(None, 1, tmp_path / "log", "127.0.0.1:9190", "board", emulated=object())
+    host_cpu = rpc_farm.ServerProcess(None, 2, tmp_path / "log", "127.0.0.1:9190", "host")
+    monkeypatch.setattr(rpc_farm, "_RUNNING", {emulated, host_cpu})
+    assert rpc_farm.emulated_server_running("localhost:9190", "board")
+    assert not rpc_farm.emulated_server_running("127.0.0.1:9191", "board")
+    assert not rpc_farm.emulated_server_running("127.0.0.1:9190", "host")

@@ -18,7 +18,8 @@ from tvm.s_tir import meta_schedule as ms
 import tvm_mcpruner as mcp
 from tests._arm import require_arm_emulation
 from tvm_mcpruner import arm_emulation, rpc_farm
-from tvm_mcpruner.tuning_log import RECORD_FILE, log_target, target_signature
+from tvm_mcpruner.tuning import _resolve_emulated
+from tvm_mcpruner.tuning_log import PROVENANCE_FILE, RECORD_FILE, log_provenance, log_target, target_signature
 
 TOLERANCE = 1e-4  # relative to the output's max magnitude, as everywhere else
 
@@ -48,12 +49,20 @@ def test_local_tuning_logs_resumes_and_is_applied(tmp_path):
     assert 2 <= task.trials <= 6 and len(records(log)) == task.trials
     assert log_target(log) == target_signature(mcp.get_preset("host").tvm_target())
 
+    first_run = (log / PROVENANCE_FILE).read_bytes()
     again = mcp.tune(mod, "host", trials=6, log_dir=log, sparse_only=True, progress=False)
     assert again.trials_run == 0 and len(records(log)) == task.trials  # resumed: nothing to add
 
+    # one provenance line per run, appended (the first one unchanged)
+    assert (log / PROVENANCE_FILE).read_bytes().startswith(first_run)
+    runs = log_provenance(log).entries
+    assert [(r["runner"], r["emulated"], r["trials"]) for r in runs] == [("local", False, 6)] * 2
+    assert runs[0]["records_before"] == 0 and runs[1]["records_before"] == task.trials
+    assert runs[0]["target"] == log_target(log) and runs[0]["tvm"] and runs[0]["host_cpu"]
+
     compiled = mcp.compile(mod, "host", tuning_log=log)
     assert compiled.tuning_log == log and compiled.tuned_functions == [compiled.sparse_layers[0].function]
-    assert "[tuned]" in compiled.summary()
+    assert "[tuned]" in compiled.summary() and "measured on hardware: local on" in compiled.summary()
     assert_matches(compiled(x), ref)
 
 
@@ -85,6 +94,8 @@ def test_tuning_over_a_tracker_spreads_measurements_over_two_servers(tmp_path):
             for server in servers:
                 server.stop()
     assert "tune-test" in report.runner
+    # host-CPU servers, but nothing tells the tuner so: recorded as unknown, still applied
+    assert report.emulated is None and log_provenance(tmp_path).status == "unknown"
     assert all(n >= 1 for n in served), served
     assert sum(served) >= report.tasks[0].trials - 1  # one session per measurement
     assert_matches(mcp.compile(mod, "host", tuning_log=tmp_path)(x), ref)
@@ -105,8 +116,35 @@ def test_tuning_for_hikey970_over_the_emulated_aarch64_server(tmp_path):
             )
             compiled = mcp.compile(mod, "hikey970-cpu", tuning_log=tmp_path)
             assert compiled.tuned_functions, compiled.summary()
+            assert report.emulated is True and log_provenance(tmp_path).status == "emulated"
+            assert "emulated (qemu)" in compiled.summary()
             lib = arm_emulation.export_for_arm(compiled.executable, tmp_path / "model.so")
             y = arm_emulation.run_vm(server.emulated, lib, [x])
     print(f"emulated aarch64 tuning + check: {time.perf_counter() - start:.0f} s wall ({arm_emulation.LABEL})")
     assert report.tasks[0].trials >= 2
     assert_matches(y, ref)
+
+
+def test_emulated_is_inferred_only_where_it_is_known(monkeypatch):
+    tracker = "127.0.0.1:9190"
+    assert _resolve_emulated(None, None, None) is False  # LocalRunner: this machine
+    assert _resolve_emulated(None, tracker, arm_emulation.RPC_KEY) is True  # "aarch64-qemu"
+    assert _resolve_emulated(None, tracker, "my-emulator") is True
+    assert _resolve_emulated(None, tracker, "hikey970") is None  # not known
+    assert _resolve_emulated(False, tracker, "hikey970") is False
+    assert _resolve_emulated(True, tracker, "hikey970") is True
+    with pytest.raises(ValueError, match="emulated"):
+        _resolve_emulated(False, tracker, "aarch64-qemu")
+    # an emulated server this process started, under any key, is known too
+    monkeypatch.setattr(rpc_farm, "emulated_server_running", lambda t, k: k == "board-like")
+    assert _resolve_emulated(None, tracker, "board-like") is True
+    with pytest.raises(ValueError, match="emulated"):
+        _resolve_emulated(False, tracker, "board-like")
+
+
+def test_cli_tune_emulated_flag():
+    from tvm_mcpruner.cli import _parser
+
+    assert _parser().parse_args(["tune"]).emulated is None
+    assert _parser().parse_args(["tune", "--emulated"]).emulated is True
+    assert _parser().parse_args(["tune", "--no-emulated"]).emulated is False

@@ -1,17 +1,22 @@
-"""Tuning logs: validation, target matching, and that a bad log is never touched."""
+"""Tuning logs: validation, target matching, provenance, and that a bad log is never touched."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
 from tvm_mcpruner import get_preset
 from tvm_mcpruner.tuning_log import (
+    PROVENANCE_FILE,
     RECORD_FILE,
+    REPO_LOG_ROOT,
     WORKLOAD_FILE,
     TuningLogError,
+    append_provenance,
     find_tuning_log,
+    log_provenance,
     log_target,
     open_tuning_log,
     target_signature,
@@ -89,3 +94,110 @@ def test_compile_refuses_a_foreign_log(tmp_path):
     mod = mcp.from_torch(torch.nn.Conv2d(4, 8, 3), (torch.randn(1, 4, 8, 8),))
     with pytest.raises(TuningLogError, match="measured for"):
         mcp.compile(mod, "host", tuning_log=log)
+
+
+def run_line(emulated, target=HOST, runner="rpc", **extra):
+    return {"date": "2026-01-01T00:00:00+00:00", "runner": runner, "tracker": "127.0.0.1:9190",
+            "key": "k", "emulated": emulated, "host_cpu": "znver5", "tvm": "0.27.0.post1",
+            "trials": 8, "target": target_signature(target), "records_before": 0, **extra}
+
+
+def test_auto_lookup_skips_emulated_logs_and_keeps_unknown_ones(tmp_path, caplog):
+    append_provenance(write_log(tmp_path / "a-emulated", [HOST]), run_line(True))
+    assert find_tuning_log(HOST, roots=[tmp_path]) is None
+    assert "a-emulated" in caplog.text and "emulated (qemu)" in caplog.text
+    write_log(tmp_path / "b-no-provenance", [HOST])  # e.g. a log from before provenance.jsonl
+    assert find_tuning_log(HOST, roots=[tmp_path]) == tmp_path / "b-no-provenance"
+    assert log_provenance(tmp_path / "b-no-provenance").status == "unknown"
+    # one emulated run taints the folder, whatever the others were
+    mixed = write_log(tmp_path / "0-mixed", [HOST])
+    append_provenance(mixed, run_line(False, runner="local"))
+    append_provenance(mixed, run_line(True))
+    assert log_provenance(mixed).status == "emulated"
+    assert find_tuning_log(HOST, roots=[tmp_path]) == tmp_path / "b-no-provenance"
+    real = write_log(tmp_path / "00-board", [HOST])
+    append_provenance(real, run_line(False))
+    assert log_provenance(real).status == "hardware"
+    assert find_tuning_log(HOST, roots=[tmp_path]) == real
+
+
+def test_provenance_is_appended_never_rewritten(tmp_path):
+    log = write_log(tmp_path / "log", [HOST])
+    append_provenance(log, run_line(None))
+    first = (log / PROVENANCE_FILE).read_bytes()
+    append_provenance(log, run_line(False, runner="local"))
+    text = (log / PROVENANCE_FILE).read_bytes()
+    assert text.startswith(first) and len(text.splitlines()) == 2
+    assert [e["runner"] for e in log_provenance(log).entries] == ["rpc", "local"]
+    assert log_provenance(log).status == "unknown"  # the first run did not know
+    # a last line without its newline is not glued to the next one
+    (log / PROVENANCE_FILE).write_bytes(text.rstrip(b"\n"))
+    append_provenance(log, run_line(False))
+    assert len(log_provenance(log).entries) == 3
+    with pytest.raises(TuningLogError, match="one log folder holds one target"):
+        append_provenance(log, run_line(False, target=ARM))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ('{"runner": "local", "emulated": fal', "not a JSON line"),  # cut off mid-write
+    ('["local"]', "not a JSON object"),
+    (json.dumps({"runner": "board", "emulated": False}), "'runner' must be one of"),
+    (json.dumps({"runner": "rpc", "emulated": "yes"}), "'emulated' must be true, false or null"),
+    (json.dumps({"runner": "rpc"}), "'emulated' must be"),
+    (json.dumps({"runner": "rpc", "emulated": False, "target": target_signature(ARM)}),
+     "one log folder holds one target"),
+])
+def test_corrupt_provenance_is_refused_by_file_and_line_and_left_untouched(tmp_path, caplog, bad, message):
+    log = write_log(tmp_path / "log", [HOST])
+    (log / PROVENANCE_FILE).write_text(json.dumps(run_line(False)) + "\n" + bad + "\n")
+    before = snapshot(log)
+    for attempt in (lambda: open_tuning_log(log, HOST), lambda: log_provenance(log),
+                    lambda: append_provenance(log, run_line(False))):
+        with pytest.raises(TuningLogError, match=message) as err:
+            attempt()
+        assert f"{log / PROVENANCE_FILE}:2" in str(err.value)
+    assert find_tuning_log(HOST, roots=[tmp_path]) is None and f"{PROVENANCE_FILE}:2" in caplog.text
+    assert snapshot(log) == before
+
+
+def test_provenance_target_must_agree_with_the_records(tmp_path):
+    log = write_log(tmp_path / "log", [HOST])
+    (log / PROVENANCE_FILE).write_text(json.dumps(run_line(False, target=ARM)) + "\n")
+    with pytest.raises(TuningLogError, match="but the records"):
+        open_tuning_log(log)
+
+
+def test_shipped_log_has_provenance():
+    provenance = log_provenance(REPO_LOG_ROOT / "znver5")
+    assert provenance.status == "hardware"
+    (entry,) = provenance.entries
+    assert entry["runner"] == "local" and entry["host_cpu"] == "znver5" and entry["commit"] == "fd24889"
+
+
+def _empty_log(directory, emulated):
+    """A log with no records yet (TVM loads it), for the host, measured as ``emulated`` says."""
+    directory.mkdir()
+    (directory / WORKLOAD_FILE).touch()
+    (directory / RECORD_FILE).touch()
+    append_provenance(directory, run_line(emulated, target=get_preset("host").tvm_target()))
+    return directory
+
+
+def test_compile_warns_about_an_emulated_log_given_by_path(tmp_path, caplog):
+    import torch
+
+    import tvm_mcpruner as mcp
+
+    mod = mcp.from_torch(torch.nn.Conv2d(4, 8, 3), (torch.randn(1, 4, 8, 8),))
+    log = _empty_log(tmp_path / "qemu", emulated=True)
+    with caplog.at_level(logging.INFO, logger="tvm_mcpruner"):
+        compiled = mcp.compile(mod, "host", tuning_log=log)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("emulated (qemu)" in r.getMessage() and str(log) in r.getMessage() for r in warnings)
+    assert compiled.tuning_log_provenance.status == "emulated"
+    assert "emulated (qemu)" in compiled.summary()
+    caplog.clear()
+    unknown = _empty_log(tmp_path / "board", emulated=None)
+    compiled = mcp.compile(mod, "host", tuning_log=unknown)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "emulated" in r.getMessage()]
+    assert "provenance: unknown" in compiled.summary()
