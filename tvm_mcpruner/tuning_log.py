@@ -254,8 +254,8 @@ def append_provenance(directory: str | Path, entry: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- validation cache
 
-# directory -> ((inode, size, mtime) of its files, records' signature, provenance)
-_VALIDATED: dict[Path, tuple[tuple, dict[str, Any] | None, LogProvenance]] = {}
+# directory -> ((inode, size, mtime) of its files, (records' signature, provenance) or the error)
+_VALIDATED: dict[Path, tuple[tuple, tuple[dict[str, Any] | None, LogProvenance] | TuningLogError]] = {}
 
 
 def _file_state(directory: Path) -> tuple:
@@ -273,22 +273,28 @@ def _file_state(directory: Path) -> tuple:
 def _validated(directory: Path) -> tuple[dict[str, Any] | None, LogProvenance]:
     """Records' target signature and the provenance of a log folder, after checking both.
 
-    Remembered per (inode, size, mtime) of the three files: a log that did not change is
-    not parsed again (an appended line changes its size).
+    Remembered, error included, per (inode, size, mtime) of the three files: a log that
+    did not change is not parsed again (an appended line changes its size, a file put in
+    its place its inode).
     """
     key = directory.resolve()
     state = _file_state(directory)
     cached = _VALIDATED.get(key)
-    if cached is not None and cached[0] == state:
-        return cached[1], cached[2]
-    signature = _check_log(directory)
-    provenance = _read_provenance(directory)
-    if signature is not None and provenance.target is not None \
-            and target_signature(provenance.target) != signature:
-        raise TuningLogError(f"{directory / PROVENANCE_FILE}: its runs were for {provenance.target}, "
-                             f"but the records in {RECORD_FILE} were measured for {signature}")
-    _VALIDATED[key] = (state, signature, provenance)
-    return signature, provenance
+    if cached is None or cached[0] != state:
+        try:
+            signature = _check_log(directory)
+            provenance = _read_provenance(directory)
+            if signature is not None and provenance.target is not None \
+                    and target_signature(provenance.target) != signature:
+                raise TuningLogError(f"{directory / PROVENANCE_FILE}: its runs were for {provenance.target}, "
+                                     f"but the records in {RECORD_FILE} were measured for {signature}")
+            result: Any = (signature, provenance)
+        except TuningLogError as exc:
+            result = exc
+        cached = _VALIDATED[key] = (state, result)
+    if isinstance(cached[1], TuningLogError):
+        raise TuningLogError(str(cached[1]))
+    return cached[1]
 
 
 def log_provenance(directory: str | Path) -> LogProvenance:

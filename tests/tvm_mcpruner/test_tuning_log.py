@@ -201,3 +201,54 @@ def test_compile_warns_about_an_emulated_log_given_by_path(tmp_path, caplog):
     compiled = mcp.compile(mod, "host", tuning_log=unknown)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "emulated" in r.getMessage()]
     assert "provenance: unknown" in compiled.summary()
+
+
+@pytest.fixture
+def parses(monkeypatch):
+    """The folders whose records get parsed (tuning_log._check_log calls), in order."""
+    from tvm_mcpruner import tuning_log
+
+    seen = []
+    check = tuning_log._check_log
+
+    def counting(directory):
+        seen.append(directory.name)
+        return check(directory)
+
+    monkeypatch.setattr(tuning_log, "_check_log", counting)
+    return seen
+
+
+def test_lookup_parses_only_the_log_it_applies_and_only_once(tmp_path, parses):
+    append_provenance(write_log(tmp_path / "a-arm", [ARM]), run_line(False, target=ARM))
+    write_log(tmp_path / "b-old-arm", [ARM])  # no provenance: only its records say whose it is
+    host = write_log(tmp_path / "c-host", [HOST, HOST])
+    append_provenance(host, run_line(False))
+    assert find_tuning_log(HOST, roots=[tmp_path]) == host
+    assert parses == ["b-old-arm", "c-host"]  # a-arm told apart by its provenance
+    # what compile does next: open the log it found, read its provenance
+    assert log_target(host) == target_signature(HOST) and log_provenance(host).status == "hardware"
+    assert find_tuning_log(HOST, roots=[tmp_path]) == host
+    assert parses == ["b-old-arm", "c-host"]  # nothing parsed twice
+    # a changed log is validated again: an appended good line, then a cut-off one
+    with open(host / RECORD_FILE, "a") as f:
+        f.write(json.dumps([1, [[[], []], [2e-3], HOST, []]]) + "\n")
+    (host / WORKLOAD_FILE).write_text('["0", "{}"]\n["1", "{}"]\n')
+    assert log_target(host) == target_signature(HOST) and parses[-1] == "c-host" and len(parses) == 3
+    with open(host / RECORD_FILE, "a") as f:
+        f.write('[0, [[[], []], [1e-3], {"kind": "llv')
+    before = snapshot(host)
+    for _ in range(2):  # the error is remembered too, and the log is left as it is
+        with pytest.raises(TuningLogError, match=f"{RECORD_FILE}:4: not a JSON line"):
+            open_tuning_log(host, HOST)
+    assert len(parses) == 4 and snapshot(host) == before
+    assert find_tuning_log(HOST, roots=[tmp_path]) is None
+
+
+def test_a_log_replaced_by_another_file_is_validated_again(tmp_path, parses):
+    log = write_log(tmp_path / "log", [HOST])
+    assert log_target(log) == target_signature(HOST)
+    replacement = write_log(tmp_path / "other", [ARM])
+    for name in (WORKLOAD_FILE, RECORD_FILE):  # same sizes, new inodes
+        (replacement / name).replace(log / name)
+    assert log_target(log) == target_signature(ARM) and parses == ["log", "log"]
