@@ -9,7 +9,8 @@ an aarch64 *sysroot* (Debian arm64 ``.deb`` files unpacked: python3.11, glibc, l
 ...) and a *site* directory with the aarch64 wheels of apache-tvm, apache-tvm-ffi and
 numpy unpacked. ``python3.11 -m tvm.exec.rpc_server`` from the sysroot then runs under
 qemu-aarch64 on 127.0.0.1 with ``TVM_USE_RUNTIME_LIB=1``; the host cross-compiles with
-``aarch64-linux-gnu-gcc``, uploads the library over ``tvm.rpc`` and runs it there.
+the ``hikey970-cpu`` preset's cross compiler (``aarch64-linux-gnu-gcc``), uploads the
+library over ``tvm.rpc`` and runs it there.
 
 The emulated Python always runs under an explicit ``qemu-aarch64 -L <sysroot>``, never
 through binfmt_misc: registering binfmt needs root once per boot and is refused in
@@ -52,11 +53,16 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+try:
+    from .targets import get_preset
+except ImportError:  # run as a file (.ci/setup_arm.sh, before the requirements): its folder is sys.path[0]
+    from targets import get_preset  # type: ignore[no-redef]  # stdlib-only, like this module
+
 LABEL = "emulated (qemu) — correctness only, not device timing"
 RPC_KEY = "aarch64-qemu"
 LOOPBACK = "127.0.0.1"
 CACHE_ENV = "MCPRUNER_ARM_CACHE"
-CROSS_COMPILER = "aarch64-linux-gnu-gcc"
+CROSS_COMPILER = get_preset("hikey970-cpu").cross_compiler  # the target preset owns the name
 
 # Debian (bookworm) arm64 packages that make a working python3.11 with libstdc++ (~10 MB).
 SYSROOT_DEBS = (

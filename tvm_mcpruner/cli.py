@@ -149,7 +149,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     print(cm.summary())
     if args.out:
         kwargs = {}
-        cross = cm.preset.extra.get("cross_compiler")
+        cross = cm.preset.cross_compiler
         if cross:
             import tvm
 

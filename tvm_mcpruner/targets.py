@@ -30,6 +30,15 @@ class TargetPreset:
     rpc_key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def cross_compiler(self) -> str | None:
+        """The C compiler that links libraries for this device (None: this machine's own).
+
+        Defined by the preset only (``extra["cross_compiler"]``); ``arm_emulation``,
+        ``rpc_farm`` and ``mcpruner compile --out`` read it from here.
+        """
+        return self.extra.get("cross_compiler")
+
     def tvm_target(self):
         """The ``tvm.target.Target`` for this preset (imports TVM)."""
         import tvm

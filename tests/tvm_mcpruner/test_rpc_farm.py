@@ -238,3 +238,21 @@ def test_emulated_servers_are_known_by_key_or_by_this_process(monkeypatch, tmp_p
     assert rpc_farm.emulated_server_running("localhost:9190", "board")
     assert not rpc_farm.emulated_server_running("127.0.0.1:9191", "board")
     assert not rpc_farm.emulated_server_running("127.0.0.1:9190", "host")
+
+
+def test_the_cross_compiler_is_named_by_the_target_preset_only(tmp_path):
+    from pathlib import Path
+
+    from tvm_mcpruner import get_preset
+
+    preset = get_preset("hikey970-cpu")
+    assert preset.cross_compiler == "aarch64-linux-gnu-gcc" and get_preset("host").cross_compiler is None
+    assert arm_emulation.CROSS_COMPILER == preset.cross_compiler
+    # .ci/setup_arm.sh runs arm_emulation as a file, before numpy or TVM are installed
+    script = Path(arm_emulation.__file__)
+    code = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); ns = runpy.run_path(sys.argv[2]); "
+            "loaded = {'numpy', 'tvm', 'tvm_mcpruner'} & set(sys.modules); "
+            "assert not loaded, loaded; print(ns['CROSS_COMPILER'])")
+    out = subprocess.run([sys.executable, "-c", code, str(script.parent), str(script)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == preset.cross_compiler, out.stderr
