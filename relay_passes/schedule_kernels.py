@@ -46,17 +46,19 @@ class ScheduleSparseKernels:
     Matches: PrimFuncs marked ``topi_sparse.KERNEL_ATTR`` without ``tirx.is_scheduled``
     (a tuning log had no record for them). Emits: the same functions scheduled with the
     knobs their compute was declared with (``topi_sparse.schedule_pattern_conv2d``).
+    A module without such kernels is returned as it came (the same object).
     """
 
     def __init__(self, family: str):
         self.family = family
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-        functions = {
-            gvar: topi_sparse.schedule_pattern_conv2d(func, self.family)
-            if topi_sparse.is_unscheduled_kernel(func) else func
-            for gvar, func in mod.functions_items()
-        }
+        unscheduled = [gvar for gvar, func in mod.functions_items() if topi_sparse.is_unscheduled_kernel(func)]
+        if not unscheduled:
+            return mod
+        functions = dict(mod.functions_items())
+        for gvar in unscheduled:
+            functions[gvar] = topi_sparse.schedule_pattern_conv2d(functions[gvar], self.family)
         return IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
