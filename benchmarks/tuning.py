@@ -144,14 +144,30 @@ def append_log(source: Path, destination: Path) -> None:
     """Append a finished one-layer log to the shipped log (both files, via MetaSchedule)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from tvm_mcpruner.tuning_log import open_tuning_log
+    from tvm_mcpruner.tuning_log import append_provenance, log_provenance, open_tuning_log
 
     src = open_tuning_log(source)
     dst = open_tuning_log(destination, C.host_target(), create=True)
+    # Who measured these records travels with them: the source run's provenance lines.
+    records_before = len(dst.get_all_tuning_records())
+    for entry in log_provenance(source).entries:
+        append_provenance(destination, {**entry, "records_before": records_before,
+                                        "commit": _git_commit(),
+                                        "note": "appended by benchmarks/tuning.py --ship-log"})
     for record in src.get_all_tuning_records():
         workload = dst.commit_workload(record.workload.mod)
         dst.commit_tuning_record(ms.database.TuningRecord(
             record.trace, workload, record.run_secs, record.target, record.args_info))
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=C.REPO_ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def part2(layers, args, workdir: Path) -> list[dict[str, Any]]:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 
+from tvm_mcpruner.tuning_log import log_provenance
+
 from .test_layers import _load
 
 tuning = _load("tuning")
 
 
 def test_quick_run_writes_results_with_an_aa_control(tmp_path):
-    payload = tuning.main(["--quick", "--out", str(tmp_path)])
+    ship = tmp_path / "shipped"
+    payload = tuning.main(["--quick", "--out", str(tmp_path), "--ship-log", str(ship)])
     written = json.loads((tmp_path / "tuning_quick.json").read_text())
     assert written["part1"] and not written["part2"]
     for row in written["part1"]:
@@ -22,3 +25,8 @@ def test_quick_run_writes_results_with_an_aa_control(tmp_path):
     text = (tmp_path / "tuning_quick.md").read_text()
     assert "A/A control" in text and "Median speedup over the default knobs" in text
     assert payload["peak"]["peak_gflops"] > 0
+    # --ship-log appends the records and says who measured them
+    provenance = log_provenance(ship)
+    assert provenance.status == "hardware"
+    assert len(provenance.entries) == len(written["part1"])  # one tuning run per layer
+    assert all(e["runner"] == "local" and "--ship-log" in e["note"] for e in provenance.entries)
