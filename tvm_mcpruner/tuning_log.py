@@ -207,14 +207,15 @@ def _read_provenance(directory: Path) -> LogProvenance:
     if not path.exists():
         return LogProvenance()
     entries = []
+    first = None  # the first target a line names; every later one must be the same
     for number, entry in _read_lines(path):
         problem = _check_provenance_entry(entry)
         if problem is not None:
             raise TuningLogError(f"{path}:{number}: not a provenance line ({problem}). The log was "
                                  "left as it is: fix or delete that line by hand.")
         target = entry.get("target")
-        first = next((e["target"] for e in entries if e.get("target") is not None), None)
-        if target is not None and first is not None and target_signature(target) != target_signature(first):
+        first = first if first is not None else target
+        if target is not None and target_signature(target) != target_signature(first):
             raise TuningLogError(f"{path}:{number}: a run for {target}, while earlier runs were for "
                                  f"{first}; one log folder holds one target")
         entries.append(entry)
