@@ -90,6 +90,17 @@ def target_signature(target: Any) -> dict[str, Any]:
     return signature
 
 
+def _check_one_target(where: str, found: Any, found_is: str, earlier: Any, earlier_is: str) -> None:
+    """Raise unless two targets (or signatures; None: not named) are one: a log folder holds
+    one target, whether the records, the provenance lines or a new run name it."""
+    if found is None or earlier is None:
+        return
+    found, earlier = target_signature(found), target_signature(earlier)
+    if found != earlier:
+        raise TuningLogError(f"{where}: {found_is} {found}, but {earlier_is} {earlier}; "
+                             "one log folder holds one target")
+
+
 def _read_lines(path: Path) -> Iterable[tuple[int, Any]]:
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -127,11 +138,8 @@ def _check_log(directory: Path) -> dict[str, Any] | None:
                 raise TuningLogError(f"{records}:{number}: refers to workload {entry[0]}, but "
                                      f"{workloads.name} has {count}")
             found = target_signature(entry[1][2])
-            if signature is None:
-                signature = found
-            elif found != signature:
-                raise TuningLogError(f"{records}:{number}: measured for {found}, while earlier records "
-                                     f"are for {signature}; one log folder holds one target")
+            signature = found if signature is None else signature
+            _check_one_target(f"{records}:{number}", found, "measured for", signature, "earlier records were for")
     return signature
 
 
@@ -213,11 +221,8 @@ def _read_provenance(directory: Path) -> LogProvenance:
         if problem is not None:
             raise TuningLogError(f"{path}:{number}: not a provenance line ({problem}). The log was "
                                  "left as it is: fix or delete that line by hand.")
-        target = entry.get("target")
-        first = first if first is not None else target
-        if target is not None and target_signature(target) != target_signature(first):
-            raise TuningLogError(f"{path}:{number}: a run for {target}, while earlier runs were for "
-                                 f"{first}; one log folder holds one target")
+        first = first if first is not None else entry.get("target")
+        _check_one_target(f"{path}:{number}", entry.get("target"), "a run for", first, "earlier runs were for")
         entries.append(entry)
     return LogProvenance(tuple(entries))
 
@@ -233,11 +238,9 @@ def append_provenance(directory: str | Path, entry: dict[str, Any]) -> None:
     problem = _check_provenance_entry(entry)
     if problem is not None:
         raise ValueError(f"not a provenance line: {problem}")
-    previous = _read_provenance(directory)
-    if entry.get("target") is not None and previous.target is not None \
-            and target_signature(entry["target"]) != target_signature(previous.target):
-        raise TuningLogError(f"{directory / PROVENANCE_FILE}: its runs were for {previous.target}, "
-                             f"not {entry['target']}; one log folder holds one target")
+    previous = _read_provenance(directory)  # a corrupt line stops here, before anything is written
+    _check_one_target(str(directory / PROVENANCE_FILE), entry.get("target"), "the new run is for",
+                      previous.target, "its runs were for")
     path = directory / PROVENANCE_FILE
     line = (json.dumps(entry) + "\n").encode("utf-8")
     directory.mkdir(parents=True, exist_ok=True)
@@ -285,10 +288,8 @@ def _validated(directory: Path) -> tuple[dict[str, Any] | None, LogProvenance]:
         try:
             signature = _check_log(directory)
             provenance = _read_provenance(directory)
-            if signature is not None and provenance.target is not None \
-                    and target_signature(provenance.target) != signature:
-                raise TuningLogError(f"{directory / PROVENANCE_FILE}: its runs were for {provenance.target}, "
-                                     f"but the records in {RECORD_FILE} were measured for {signature}")
+            _check_one_target(str(directory / PROVENANCE_FILE), provenance.target, "its runs were for",
+                              signature, f"the records in {RECORD_FILE} were measured for")
             result: Any = (signature, provenance)
         except TuningLogError as exc:
             result = exc
