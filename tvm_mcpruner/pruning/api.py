@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..sparse_format import MIN_MAC_REDUCTION, pack_pattern_weights
+from ..sparse_format import MIN_MAC_REDUCTION, PatternSparseWeight, pack_pattern_weights
 from ..targets import TargetPreset, get_preset
 from .masks import aligned_pattern_mask, apply_mask, deepcopy_model, group_energy, kept_kernel_count
 from .patterns import select_library
@@ -116,6 +116,9 @@ class PrunePlan:
     reasons: dict[str, str | None]  # why a layer stays dense; None when it is pruned
     library: torch.Tensor  # [P, 9] bool
     keeps: dict[str, float]  # kept share of input channels per eligible layer
+    # per layer: the last weight packed (as a float32 conv weight) and its packed form
+    _packed: dict[str, tuple[torch.Tensor, PatternSparseWeight]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def lanes(self) -> int:
@@ -135,6 +138,19 @@ class PrunePlan:
             return mask.reshape(weight.shape), torch.full_like(ids, -1)
         mask, ids = aligned_pattern_mask(as_conv, self.library, self.lanes, keep)
         return mask.reshape(weight.shape), ids
+
+    def packed(self, name: str, weight: torch.Tensor) -> PatternSparseWeight:
+        """Layer ``name``'s ``weight`` (masked or final) packed as the aligned kernel runs it.
+
+        Packing is the costly step of both the mask check and the report, which usually
+        see the same weight: the layer's last packing is reused while the values are
+        equal (training in between changes them, and the weight is packed again).
+        """
+        weight = _as_conv_weight(weight.detach()).to("cpu", torch.float32, copy=True)
+        last = self._packed.get(name)
+        if last is None or not torch.equal(last[0], weight):
+            last = self._packed[name] = (weight, pack_pattern_weights(weight.numpy(), self.lanes))
+        return last[1]
 
 
 def make_plan(
@@ -187,14 +203,13 @@ def screen_plan(plan: PrunePlan) -> None:
 
 
 def _too_little_saved(plan: PrunePlan, name: str, layer: nn.Module, mask: torch.Tensor) -> bool:
-    weight = _as_conv_weight(layer.weight)
-    saved = _issued_mac_reduction(weight.detach() * mask.reshape(weight.shape), plan.lanes)
+    saved = plan.packed(name, layer.weight.detach() * mask).mac_reduction
     if saved >= MIN_MAC_REDUCTION:
         return False
     # e.g. fewer filters than lanes: padding lanes eat the gain
     plan.reasons[name] = (
         f"left dense: aligned pruning would issue only {saved:.2f}x fewer MACs "
-        f"({weight.shape[0]} filters in groups of {plan.lanes})")
+        f"({layer.weight.shape[0]} filters in groups of {plan.lanes})")
     return True
 
 
@@ -222,7 +237,7 @@ def build_report(plan: PrunePlan, pattern_ids: dict[str, torch.Tensor], pattern_
         if _taps(layer) == 9:
             usage += torch.bincount(ids[ids >= 0], minlength=len(plan.library))
         kept = kept_kernel_count(_as_conv_weight(layer.weight).shape[1], plan.keeps[name])
-        layers.append(pruned_layer_report(name, layer.weight, plan.lanes, ids, kept))
+        layers.append(pruned_layer_report(name, layer.weight, plan.packed(name, layer.weight), ids, kept))
     return PruneReport(
         target=plan.preset.name, vector_width=plan.lanes, pattern_k=pattern_k, keep_kernels=float(keep_kernels),
         num_patterns=num_patterns,
@@ -342,11 +357,6 @@ def _as_conv_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def _taps(layer: nn.Conv2d | nn.Linear) -> int:
     return 1 if isinstance(layer, nn.Linear) else layer.kernel_size[0] * layer.kernel_size[1]
-
-
-def _issued_mac_reduction(weight: torch.Tensor, lanes: int) -> float:
-    """Dense over issued MACs of ``weight`` as the aligned kernel would run it."""
-    return pack_pattern_weights(weight.to("cpu", torch.float32).numpy(), lanes).mac_reduction
 
 
 def _count_pixels(model: nn.Module, convs: dict[str, nn.Conv2d], example_input: ExampleInput, report: PruneReport) -> None:

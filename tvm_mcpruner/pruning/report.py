@@ -3,7 +3,8 @@
 Counts of pruned layers (kept kernels, issued multiply-adds, fill) come from
 ``pack_pattern_weights(final_weight, V)`` -- the same packing the TVM pass and kernels
 use -- so the report states what the compiled kernel will actually do, padding lanes
-of a short last group included. Dense layers count their full weight.
+of a short last group included (the caller packs; ``prune`` reuses its mask check's).
+Dense layers count their full weight.
 
 MACs: with an ``example_input`` each layer's per-pixel weight MACs are multiplied by
 its output pixels per image (from one forward pass); without one the totals are the
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..sparse_format import pack_pattern_weights
+from ..sparse_format import PatternSparseWeight
 from .patterns import draw_patterns
 
 __all__ = ["LayerReport", "PruneReport", "dense_layer_report", "pruned_layer_report"]
@@ -55,12 +56,11 @@ class LayerReport:
 
 
 def pruned_layer_report(
-    name: str, weight: torch.Tensor, lanes: int, pattern_ids: torch.Tensor, keep_channels: int
+    name: str, weight: torch.Tensor, packed: PatternSparseWeight, pattern_ids: torch.Tensor, keep_channels: int
 ) -> LayerReport:
-    """Report a pattern-pruned layer from the packed form of its final (masked) weight."""
+    """Report a pattern-pruned layer from ``packed``, the packed form of its final (masked) ``weight``."""
     o, c = weight.shape[:2]
-    as_conv = weight.detach().to("cpu", torch.float32).reshape(o, c, -1, 1)  # Linear: a 1x1 conv
-    packed = pack_pattern_weights(as_conv.numpy(), lanes)
+    lanes = packed.lanes
     group_sizes = np.minimum(lanes, o - lanes * np.arange(packed.num_groups))
     kept = int((np.diff(packed.group_ptr) * group_sizes).sum())
     used = tuple(int(i) for i in torch.unique(pattern_ids[pattern_ids >= 0]).tolist())
