@@ -35,6 +35,7 @@ from tqdm import tqdm  # noqa: E402
 from tvm import te, tirx  # noqa: E402
 
 import topi_sparse  # noqa: E402
+from topi_sparse.pattern_conv2d import pattern_conv2d_nchw  # noqa: E402
 from topi_sparse.x86 import schedule_pattern_conv2d_cpu  # noqa: E402
 from tvm_mcpruner.sparse_format import pack_pattern_weights  # noqa: E402
 
@@ -62,36 +63,13 @@ def aligned_weight(rng: np.random.Generator, o: int, c: int, lanes: int) -> np.n
 def ablation_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc:
     """The same compute and schedule, offsets from a closed form instead of a buffer."""
     shape, tile = kernel.shape, kernel.knobs.tile_w
-    n_, c_, h_, w_ = shape.batch, shape.in_channels, shape.height, shape.width
-    v_, g_, e_, s = shape.lanes, shape.groups, shape.entries, shape.stride
     hp, wp = shape.padded_height(), shape.padded_width(tile)
-    oh_, owp = shape.out_height, -(-shape.out_width // tile) * tile
-    top, left = shape.padding[:2]
-    data = te.placeholder((n_, c_, h_, w_), "float32", name="data")
-    values = te.placeholder((g_, e_, v_), "float32", name="values")
-    offsets = te.placeholder((g_, e_), "int32", name="offsets")  # unused: same signature
 
-    def pad_value(n, i):
-        row, x = i // wp, i % wp
-        c, y = row // hp, row % hp
-        inside = tirx.all(y >= top, y < h_ + top, x >= left, x < w_ + left)
-        return tirx.if_then_else(inside, data[n, c, y - top, x - left], tirx.const(0.0, "float32"))
+    def offset(_g, e):  # channel e // 4, taps (0,0) (0,1) (1,0) (1,1): in bounds, no load
+        return (e // PATTERN_TAPS % shape.in_channels) * (hp * wp) + (e % 4) // 2 * wp + e % 2
 
-    pad = te.compute((n_, c_ * hp * wp), pad_value, name="pad")
-    e = te.reduce_axis((0, e_), name="e")
-
-    def offset(e):  # channel e // 4, taps (0,0) (0,1) (1,0) (1,1): in bounds, no load
-        return (e // PATTERN_TAPS % c_) * (hp * wp) + (e % 4) // 2 * wp + e % 2
-
-    acc = te.compute(
-        (n_, g_, oh_, owp, v_),
-        lambda n, g, oh, ow, v: te.sum(values[g, e, v] * pad[n, offset(e) + oh * (s * wp) + ow * s], axis=e),
-        name="acc",
-    )
-    out = te.compute((n_, shape.out_channels, oh_, shape.out_width),
-                     lambda n, o, oh, ow: acc[n, o // v_, oh, ow, o % v_], name="out")
-    func = te.create_prim_func([data, values, offsets, out])
-    func = func.with_attr("mcpruner.padded_width", wp)
+    tensors = pattern_conv2d_nchw(shape, tile, with_bias=False, entry_offset=offset)  # offsets: unused
+    func = te.create_prim_func(tensors).with_attr("mcpruner.padded_width", wp)
     return schedule_pattern_conv2d_cpu(func, kernel.knobs)
 
 

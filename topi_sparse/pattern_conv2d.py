@@ -25,6 +25,7 @@ zeros, and ``out`` drops them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,11 +119,16 @@ def pattern_conv2d_nchw(
     tile_w: int,
     with_bias: bool,
     clip: tuple[float | None, float | None] | None = None,
+    *,
+    entry_offset: Callable[[tirx.Expr, tirx.Expr], tirx.Expr] | None = None,
 ) -> list[te.Tensor]:
     """Declare the pattern-sparse conv2d; returns ``[data, values, offsets, (bias,) out]``.
 
     ``data`` is ``[N, C, H, W]``, or ``[N, C*H*W]`` when
     :meth:`PatternConvShape.reads_input_directly` (no padded copy is made then).
+    ``entry_offset(g, e)``, when given, replaces the load ``offsets[g, e]`` (``offsets``
+    stays a parameter): benchmarks/kernel_variants.py measures the kernel without index
+    loads that way.
     """
     n_, c_, h_, w_ = shape.batch, shape.in_channels, shape.height, shape.width
     v_, g_, e_ = shape.lanes, shape.groups, shape.entries
@@ -148,11 +154,12 @@ def pattern_conv2d_nchw(
             return tirx.if_then_else(inside, data[n, c, y - top, x - left], tirx.const(0.0, "float32"))
 
         pad = te.compute((n_, flat), pad_value, name="pad")
+    offset = entry_offset or (lambda g, e: offsets[g, e])
     e = te.reduce_axis((0, e_), name="e")
     acc = te.compute(
         (n_, g_, oh_, owp, v_),
         lambda n, g, oh, ow, v: te.sum(
-            values[g, e, v] * pad[n, offsets[g, e] + oh * (s * wp) + ow * s], axis=e
+            values[g, e, v] * pad[n, offset(g, e) + oh * (s * wp) + ow * s], axis=e
         ),
         name="acc",
     )
