@@ -12,6 +12,7 @@ repository root, which puts the root on ``sys.path``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
@@ -20,9 +21,11 @@ from torch import nn
 
 __all__ = [
     "PATTERNS_4",
+    "aligned_mask",
     "aligned_pattern_weight",
     "assert_close",
     "assert_input_sensitive",
+    "nonzero_values",
     "randomize_bn",
     "torch_output",
 ]
@@ -75,6 +78,44 @@ def randomize_bn(model: nn.Module, seed: int = 0, example_input: torch.Tensor | 
     return model
 
 
+def nonzero_values(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:
+    """float32 values that are never exactly zero: |v| in [0.5, 1.5), random sign."""
+    magnitude = rng.uniform(0.5, 1.5, size=shape)
+    sign = rng.choice(np.array([-1.0, 1.0]), size=shape)
+    return (magnitude * sign).astype(np.float32)
+
+
+def aligned_mask(
+    rng: np.random.Generator,
+    out_channels: int,
+    in_channels: int,
+    lanes: int,
+    *,
+    kernel: tuple[int, int] = (3, 3),
+    keep: float = 0.5,
+    patterns: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
+    """``[O, C, KH, KW]`` bool: the aligned pattern structure for ``lanes`` (the one
+    generator of it in the tests; multiply any values by it).
+
+    Each group of ``lanes`` consecutive filters (the last one may be short) keeps the same
+    ``min(C, max(1, round(keep * C)))`` input channels, and each kept kernel one tap mask
+    shared by the group: one of ``patterns`` (tap indices ky * KW + kx), or by default a
+    random non-empty subset of the taps.
+    """
+    taps = kernel[0] * kernel[1]
+    mask = np.zeros((out_channels, in_channels, taps), dtype=bool)
+    kept = min(in_channels, max(1, round(keep * in_channels)))
+    for start in range(0, out_channels, lanes):
+        for c in rng.choice(in_channels, kept, replace=False):
+            if patterns is None:
+                chosen = rng.choice(taps, int(rng.integers(1, taps + 1)), replace=False)
+            else:
+                chosen = list(patterns[rng.integers(len(patterns))])
+            mask[start:start + lanes, c, chosen] = True
+    return mask.reshape(out_channels, in_channels, *kernel)
+
+
 def aligned_pattern_weight(
     out_channels: int,
     in_channels: int,
@@ -86,23 +127,15 @@ def aligned_pattern_weight(
 ) -> np.ndarray:
     """A ``[O, C, 3, 3]`` float32 weight with the aligned pattern structure for ``lanes``.
 
-    Each group of ``lanes`` consecutive filters keeps the same ``round(keep * C)`` input
-    channels, each kept kernel one pattern of ``patterns`` shared by the group; the kept
-    weights are non-zero (|w| in [0.5, 1.5], random sign). ``O`` must be a multiple of
-    ``lanes``. With 4-tap patterns and ``keep=0.5`` this is 4.5x fewer MACs.
+    :func:`aligned_mask` with ``patterns`` times :func:`nonzero_values`: each group of
+    ``lanes`` filters keeps the same ``round(keep * C)`` input channels, each kept kernel
+    one pattern shared by the group. ``O`` must be a multiple of ``lanes``. With 4-tap
+    patterns and ``keep=0.5`` this is 4.5x fewer MACs.
     """
     assert out_channels % lanes == 0, "aligned weights need O % lanes == 0"
     rng = np.random.default_rng(seed)
-    weight = np.zeros((out_channels, in_channels, 3, 3), np.float32)
-    kept = max(1, int(round(keep * in_channels)))
-    for g in range(out_channels // lanes):
-        filters = slice(g * lanes, (g + 1) * lanes)
-        for c in rng.choice(in_channels, kept, replace=False):
-            for tap in patterns[rng.integers(len(patterns))]:
-                magnitude = rng.uniform(0.5, 1.5, lanes)
-                sign = rng.choice([-1.0, 1.0], lanes)
-                weight[filters, c, tap // 3, tap % 3] = magnitude * sign
-    return weight
+    mask = aligned_mask(rng, out_channels, in_channels, lanes, keep=keep, patterns=patterns)
+    return nonzero_values(rng, mask.shape) * mask
 
 
 def torch_output(model: nn.Module, x: torch.Tensor | np.ndarray) -> np.ndarray:

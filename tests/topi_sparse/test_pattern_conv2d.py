@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import topi_sparse
+from tests._models import aligned_mask
 from topi_sparse import (
     build_pattern_conv2d,
     PatternConvKnobs,
@@ -93,20 +94,15 @@ def assert_close(y, ref):
 
 def make_weight(rng, o, c, kh, kw, lanes, kind, keep):
     """'aligned': groups of `lanes` filters share kept channels and per-channel tap
-    masks (random keep ratio); 'dense'; 'random': unaligned element-wise sparsity."""
+    masks (:func:`tests._models.aligned_mask`); 'dense'; 'random': unaligned element-wise
+    sparsity."""
     w = rng.standard_normal((o, c, kh, kw)).astype(np.float32)
     if kind == "dense":
         return w
     if kind == "random":
         w *= rng.random((o, c, kh, kw)) < keep
     else:
-        taps = kh * kw
-        for g in range(-(-o // lanes)):
-            m = np.zeros((c, taps), bool)
-            chans = rng.choice(c, max(1, round(keep * c)), replace=False)
-            for ch in chans:
-                m[ch, rng.choice(taps, int(rng.integers(1, taps + 1)), replace=False)] = True
-            w[g * lanes:(g + 1) * lanes] *= m.reshape(c, kh, kw)
+        w *= aligned_mask(rng, o, c, lanes, kernel=(kh, kw), keep=keep)
     return w.astype(np.float32)
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests._models import aligned_mask, nonzero_values
 from tvm_mcpruner.sparse_format import (
     PatternSparseWeight,
     group_similar_filters,
@@ -28,36 +29,12 @@ MASK_KINDS = ["zero", "dense", "random", "aligned"]
 # ---------------------------------------------------------------------------------
 # weight generators (numpy only; seeds come from hypothesis so failures replay)
 # ---------------------------------------------------------------------------------
-def nonzero_values(rng: np.random.Generator, shape) -> np.ndarray:
-    """Values that are never exactly zero: |v| in [0.5, 1.5), random sign."""
-    mag = rng.uniform(0.5, 1.5, size=shape)
-    sign = rng.choice(np.array([-1.0, 1.0]), size=shape)
-    return (mag * sign).astype(np.float32)
-
-
-def aligned_structure(rng, o, c, kh, kw, lanes, keep):
-    """Per filter group: kept channels and one tap mask per kept channel, shared by
-    every filter of the group. Each group keeps >= 1 channel with >= 1 tap.
-
-    Returns ``mask [O, C, KH*KW]`` bool and ``structure`` = list over groups of
-    ``{channel: tap_mask}``.
-    """
-    taps = kh * kw
-    groups = -(-o // lanes)
-    mask = np.zeros((o, c, taps), dtype=bool)
-    structure = []
-    for g in range(groups):
-        n_keep = min(c, max(1, round(keep * c)))
-        chans = np.sort(rng.choice(c, n_keep, replace=False))
-        group = {}
-        for ch in chans:
-            k = int(rng.integers(1, taps + 1))
-            tap_mask = np.zeros(taps, dtype=bool)
-            tap_mask[rng.choice(taps, k, replace=False)] = True
-            group[int(ch)] = tap_mask
-            mask[g * lanes:(g + 1) * lanes, ch] = tap_mask
-        structure.append(group)
-    return mask, structure
+def group_structure(mask: np.ndarray, lanes: int) -> list[dict[int, np.ndarray]]:
+    """Per filter group of a generated :func:`aligned_mask`: ``{kept channel: tap mask}``,
+    read from the mask itself (every filter of a group has the same structure there)."""
+    o, c = mask.shape[:2]
+    taps = mask.reshape(o, c, -1)
+    return [{int(ch): taps[g, ch] for ch in np.flatnonzero(taps[g].any(axis=1))} for g in range(0, o, lanes)]
 
 
 def make_weight(kind, seed, o, c, kh, kw, lanes, density=0.5, keep=0.5):
@@ -70,8 +47,7 @@ def make_weight(kind, seed, o, c, kh, kw, lanes, density=0.5, keep=0.5):
     if kind == "random":
         return (w * (rng.random((o, c, kh, kw)) < density)).astype(np.float32)
     if kind == "aligned":
-        mask, _ = aligned_structure(rng, o, c, kh, kw, lanes, keep)
-        return (w * mask.reshape(o, c, kh, kw)).astype(np.float32)
+        return w * aligned_mask(rng, o, c, lanes, kernel=(kh, kw), keep=keep)
     raise AssertionError(kind)
 
 
@@ -215,10 +191,10 @@ def test_round_trip_casts_float64_and_lists():
     seed=st.integers(0, 2**32 - 1),
 )
 def test_aligned_structure_fill_and_layout(o, c, kernel, lanes, keep, seed):
-    kh, kw = kernel
     rng = np.random.default_rng(seed)
-    mask, structure = aligned_structure(rng, o, c, kh, kw, lanes, keep)
-    w = (nonzero_values(rng, (o, c, kh, kw)) * mask.reshape(o, c, kh, kw)).astype(np.float32)
+    mask = aligned_mask(rng, o, c, lanes, kernel=kernel, keep=keep)
+    structure = group_structure(mask, lanes)
+    w = nonzero_values(rng, mask.shape) * mask
     packed = pack_pattern_weights(w, lanes)
 
     # fill == 1.0 exactly when the last group is full (no value is exactly zero and
@@ -364,11 +340,8 @@ def test_nbytes_budget_aligned_4_of_9_keep_half(c, groups_of_16, lanes, library_
     rng = np.random.default_rng(seed)
     candidates = _centre_patterns(4)
     library = candidates[rng.choice(len(candidates), library_size, replace=False)]
-    mask = np.zeros((o, c, 9), bool)
-    for g in range(o // lanes):
-        chans = rng.choice(c, round(0.5 * c), replace=False)
-        mask[g * lanes:(g + 1) * lanes, chans] = library[rng.integers(0, library_size, len(chans))]
-    w = (nonzero_values(rng, (o, c, 3, 3)) * mask.reshape(o, c, 3, 3)).astype(np.float32)
+    mask = aligned_mask(rng, o, c, lanes, keep=0.5, patterns=[np.flatnonzero(p) for p in library])
+    w = nonzero_values(rng, mask.shape) * mask
     packed = pack_pattern_weights(w, lanes)
     assert packed.fill == 1.0
     assert packed.nnz == o * round(0.5 * c) * 4
