@@ -47,7 +47,7 @@ def mcpruner_pipeline(
         preset = get_preset(target) if target is not None else preset_for_tvm_target(tvm_target)
         rewriter = rewrite or RewriteSparseConv2d(preset, min_mac_reduction=min_mac_reduction)
         apply_log = database if isinstance(database, ApplyTuningDatabase) or database is None \
-            else ApplyTuningDatabase(database)
+            else ApplyTuningDatabase(database, preset.family)
         with tvm_target:
             mod = to_tir_stage(preset, rewriter)(mod)
             if apply_log is not None:

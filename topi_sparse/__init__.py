@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tvm import s_tir, te, tirx
+from tvm import IRModule, s_tir, te, tirx
 
 from .knobs import LOOP_ORDERS, PatternConvKnobs, default_pattern_conv_knobs, max_accumulators
 from .pattern_conv2d import PatternConvShape, kernel_operands, pattern_conv2d_nchw
@@ -26,6 +26,7 @@ __all__ = [
     "build_pattern_conv2d",
     "default_pattern_conv_knobs",
     "apply_default_schedule",
+    "default_schedule_trace",
     "is_unscheduled_kernel",
     "kernel_operands",
     "max_accumulators",
@@ -91,12 +92,30 @@ def schedule_pattern_conv2d(
 ) -> tirx.PrimFunc:
     """Schedule a :func:`pattern_conv2d_compute` with ``knobs`` (default: its compute's tile)."""
     _check_family(family)
-    if knobs is None:
-        knobs = PatternConvKnobs(lanes=int(func.attrs["mcpruner.lanes"]),
-                                 tile_w=int(func.attrs["mcpruner.tile_w"]))
     sch = s_tir.Schedule(func)
-    apply_default_schedule(sch, family, knobs)
+    apply_default_schedule(sch, family, knobs or _declared_knobs(func))
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def default_schedule_trace(mod: IRModule, family: str) -> s_tir.Trace | None:
+    """Trace of the schedule ``mod``'s kernel gets without a tuning log; None if not our kernel.
+
+    ``mod`` is a tuning workload (its ``"main"`` an unscheduled :func:`pattern_conv2d_compute`).
+    The trace is a point of the design space, so tuning measures it like any candidate
+    and the choice among logged records can compare against it.
+    """
+    func = mod["main"]
+    if not (isinstance(func, tirx.PrimFunc) and func.attrs and KERNEL_ATTR in func.attrs):
+        return None
+    _check_family(family)
+    sch = s_tir.Schedule(mod)
+    apply_default_schedule(sch, family, _declared_knobs(func))
+    return sch.trace
+
+
+def _declared_knobs(func: tirx.PrimFunc) -> PatternConvKnobs:
+    """The default knobs of a compute: the register tile it was declared with."""
+    return PatternConvKnobs(lanes=int(func.attrs["mcpruner.lanes"]), tile_w=int(func.attrs["mcpruner.tile_w"]))
 
 
 def apply_default_schedule(sch: s_tir.Schedule, family: str, knobs: PatternConvKnobs) -> None:

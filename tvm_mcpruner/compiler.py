@@ -137,7 +137,7 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     preset = get_preset(target)
     tvm_target = preset.tvm_target()
     log_dir = find_tuning_log(tvm_target) if tuning_log == "auto" else tuning_log
-    apply_log = ApplyTuningDatabase(open_tuning_log(log_dir, tvm_target)) if log_dir else None
+    apply_log = ApplyTuningDatabase(open_tuning_log(log_dir, tvm_target), preset.family) if log_dir else None
     provenance = log_provenance(log_dir) if log_dir else None  # validated just above: not parsed again
     if provenance is not None and provenance.status == "emulated":
         logger.warning("tuning log %s: %s; applied because it was asked for by path", log_dir,

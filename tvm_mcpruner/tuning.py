@@ -17,8 +17,11 @@ bounds).
 The log (``tuning_log``) is only appended to, after every batch of measurements: a run
 that is stopped keeps what it measured, and running the same command again resumes (the
 trial budget counts what the log already holds for the model's tasks). Each sparse kernel's
-default schedule is measured and logged first, so a tuned model is never compiled with a
-schedule slower than the default. Before it measures anything, a run appends a line to
+default schedule is measured and logged first, and after the search the few fastest
+schedules and the default are measured again, taking turns; ``mcp.compile`` applies the
+schedule with the best median and keeps the default unless another beats it by
+``relay_passes.CHOICE_MARGIN``, so a lucky run on a busy machine does not make a kernel
+slower than its default. Before it measures anything, a run appends a line to
 the log's ``provenance.jsonl`` saying who measures (runner, tracker and key, emulated or
 not, this host's CPU, TVM version, date, budget); ``mcp.compile`` does not pick a log
 with emulated timings by itself.
@@ -44,7 +47,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 import topi_sparse
-from relay_passes import RewriteSparseConv2d, to_tir_stage
+from relay_passes import RewriteSparseConv2d, rank_tuned_records, to_tir_stage
 
 from .targets import TargetPreset, _host_cpu_name, get_preset
 from .tuning_log import RECORD_FILE, append_provenance, default_log_dir, open_tuning_log, target_signature
@@ -54,11 +57,19 @@ __all__ = ["TaskResult", "TuningReport", "tune"]
 logger = logging.getLogger("tvm_mcpruner")
 
 SEARCHES = ("xgb", "random")
+# After the search, this many of each task's fastest schedules (and our kernel's default)
+# are measured again: see ``tune(confirm_rounds=...)``.
+CONFIRM_CANDIDATES = 3
 
 
 @dataclass
 class TaskResult:
-    """One tuned PrimFunc: ``kind`` is "sparse" (our kernel) or "dense" (a TVM op)."""
+    """One tuned PrimFunc: ``kind`` is "sparse" (our kernel) or "dense" (a TVM op).
+
+    ``trials``: distinct schedules measured (the log may hold more runs of them);
+    ``best_ms``: median time of the schedule ``mcp.compile`` applies
+    (``relay_passes.rank_tuned_records``); ``default_ms``: median of the default's runs.
+    """
 
     name: str
     kind: str
@@ -119,6 +130,7 @@ def tune(
     progress: bool = True,
     seed: int = 0,
     emulated: bool | None = None,
+    confirm_rounds: int = 2,
 ) -> TuningReport:
     """Tune ``mod`` (as ``mcp.compile`` would build it) for ``target``; append to its log.
 
@@ -129,6 +141,12 @@ def tune(
     search guided by MetaSchedule's XGBoost cost model) or "random" (replayed random
     samples of the same spaces). ``sparse_only`` skips TVM's dense ops.
     ``threads`` sizes the thread pool of local measurements (default: the preset's).
+
+    ``trials`` counts distinct schedules. When the search measured something new, each
+    task's ``CONFIRM_CANDIDATES`` fastest schedules and our kernels' default are measured
+    ``confirm_rounds`` more times, taking turns, and every run is logged: the search
+    measures a candidate once, and on a busy machine one lucky run could otherwise decide
+    which schedule ``mcp.compile`` applies (it takes the median of a schedule's runs).
 
     ``emulated`` says whether the RPC servers are emulated (qemu); it goes into the log's
     ``provenance.jsonl``, and ``mcp.compile(tuning_log="auto")`` skips a log holding
@@ -178,11 +196,10 @@ def tune(
                                       timeout_sec=max(timeout_s, 120))  # a cold worker imports TVM first
     runner = _make_runner(preset, tracker, key, operands, timeout_s, evaluator, threads)
     runner_name = f"RPC tracker {tracker} key {key!r}" if tracker else "this machine (LocalRunner)"
-    defaults = {
-        i: _measure_default(ctx, preset, database, builder, runner)
-        for i, ctx in enumerate(contexts) if kinds[i] == "sparse"
-    }
-    done = sum(len(database.get_top_k(database.commit_workload(ctx.mod), 10**6)) for ctx in contexts)
+    for i, ctx in enumerate(contexts):
+        if kinds[i] == "sparse":
+            _measure_default(ctx, preset.family, database, builder, runner)
+    done = sum(_schedules_measured(database, ctx) for ctx in contexts)
     budget = max(0, trials - done)
     if done:
         logger.info("tuning log %s already holds %d measurements of these %d tasks; %d more to run",
@@ -203,10 +220,11 @@ def tune(
             )
         finally:
             bar.close()
+        for ctx in _progress(contexts, "confirming the best schedules", progress and confirm_rounds > 0):
+            _confirm_best(ctx, preset.family, database, builder, runner, confirm_rounds)
     tasks = [
         TaskResult(name=ctx.task_name, kind=kinds[i], weight=int(weights[i]),
-                   trials=len(database.get_top_k(database.commit_workload(ctx.mod), 10**6)),
-                   best_ms=_best_ms(database, ctx.mod), default_ms=defaults.get(i))
+                   trials=_schedules_measured(database, ctx), **_chosen_ms(database, ctx, preset.family))
         for i, ctx in enumerate(contexts)
     ]
     return TuningReport(log_dir=log_dir, target=preset.name, runner=runner_name, search=search,
@@ -300,49 +318,89 @@ def _cost_model(search: str) -> ms.cost_model.CostModel:
                                   adaptive_training=True, num_tuning_cores=os.cpu_count() or 1)
 
 
-def _default_trace(ctx: ms.TuneContext, family: str) -> s_tir.Trace:
-    """The default schedule, traced on the task's module (same decisions format as the space)."""
-    sch = s_tir.Schedule(ctx.mod)
-    func = ctx.mod["main"]
-    knobs = topi_sparse.PatternConvKnobs(lanes=int(func.attrs["mcpruner.lanes"]),
-                                         tile_w=int(func.attrs["mcpruner.tile_w"]))
-    topi_sparse.apply_default_schedule(sch, family, knobs)
-    return sch.trace
+def _measure_default(ctx: ms.TuneContext, family: str, database, builder, runner) -> None:
+    """Measure our kernel's default schedule once and log it, unless the log has it already.
 
-
-def _measure_default(ctx, preset, database, builder, runner) -> float | None:
-    """Measure the default schedule once and log it (unless the log has it already).
-
-    Returns its median ms. Logging it means the best record of a task is never slower
-    than the default that ``mcp.compile`` would use without a log.
+    With it logged, the choice among records (``rank_tuned_records``) compares every
+    tuned schedule with the one ``mcp.compile`` would use without a log.
     """
-    trace = _default_trace(ctx, preset.family)
+    trace = topi_sparse.default_schedule_trace(ctx.mod, family)
+    logged = rank_tuned_records(database, database.commit_workload(ctx.mod))
+    if any(str(record.trace) == str(trace) for record in logged):
+        return
+    (times,) = _measure_and_log(ctx, [trace], database, builder, runner)
+    if not times:
+        raise RuntimeError(f"measuring the default schedule of {ctx.task_name} failed (see the log above)")
+
+
+def _confirm_best(ctx: ms.TuneContext, family: str, database, builder, runner, rounds: int) -> None:
+    """Measure the task's fastest few schedules and the default ``rounds`` more times each."""
+    if rounds <= 0:
+        return
+    ranked = rank_tuned_records(database, database.commit_workload(ctx.mod), family)
+    traces = [record.trace for record in ranked[:CONFIRM_CANDIDATES]]
+    default = topi_sparse.default_schedule_trace(ctx.mod, family)
+    if default is not None and str(default) not in {str(t) for t in traces}:
+        traces.append(default)
+    _measure_and_log(ctx, traces, database, builder, runner, rounds)
+
+
+def _measure_and_log(ctx: ms.TuneContext, traces: list, database, builder, runner,
+                     rounds: int = 1) -> list[list[float]]:
+    """Build each trace once, then measure all of them ``rounds`` times, taking turns.
+
+    Every successful run is committed to ``database`` as its own record (the log is only
+    appended to); a failed build or run is logged as a warning and leaves no record.
+    Returns each trace's per-run median times in ms.
+    """
     workload = database.commit_workload(ctx.mod)
-    for record in database.get_top_k(workload, 10**6):
-        if str(record.trace) == str(trace) and record.run_secs:
-            return _median_ms(record.run_secs)
-    sch = s_tir.Schedule(ctx.mod)
-    trace.apply_to_schedule(sch, remove_postproc=False)
     args_info = ms.arg_info.ArgInfo.from_prim_func(ctx.mod["main"])
-    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, ctx.target)])
-    if built.error_msg:
-        raise RuntimeError(f"building the default schedule of {ctx.task_name} failed:\n{built.error_msg}")
-    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])
-    result = future.result()
-    if result.error_msg:
-        raise RuntimeError(f"measuring the default schedule of {ctx.task_name} failed:\n{result.error_msg}")
-    database.commit_tuning_record(ms.database.TuningRecord(
-        trace, workload, [float(s) for s in result.run_secs], ctx.target, args_info))
-    return _median_ms(result.run_secs)
+    inputs = []
+    for trace in traces:
+        sch = s_tir.Schedule(ctx.mod)
+        trace.apply_to_schedule(sch, remove_postproc=False)
+        inputs.append(ms.builder.BuilderInput(sch.mod, ctx.target))
+    built = builder.build(inputs)
+    for result in built:
+        if result.error_msg:
+            logger.warning("%s: building a schedule failed:\n%s", ctx.task_name, result.error_msg)
+    ok = [i for i, result in enumerate(built) if not result.error_msg]
+    times: list[list[float]] = [[] for _ in traces]
+    for _ in range(rounds):
+        futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, "cpu", args_info) for i in ok])
+        for i, future in zip(ok, futures):
+            result = future.result()
+            if result.error_msg:
+                logger.warning("%s: measuring a schedule failed:\n%s", ctx.task_name, result.error_msg)
+                continue
+            run_secs = [float(s) for s in result.run_secs]
+            database.commit_tuning_record(ms.database.TuningRecord(
+                traces[i], workload, run_secs, ctx.target, args_info))
+            times[i].append(_median_ms(run_secs))
+    return times
+
+
+def _schedules_measured(database, ctx: ms.TuneContext) -> int:
+    return len(rank_tuned_records(database, database.commit_workload(ctx.mod)))
+
+
+def _chosen_ms(database, ctx: ms.TuneContext, family: str) -> dict[str, float | None]:
+    """Median ms of the schedule compile applies (``best_ms``) and of the default (``default_ms``)."""
+    ranked = rank_tuned_records(database, database.commit_workload(ctx.mod), family)
+    default = topi_sparse.default_schedule_trace(ctx.mod, family)
+    default_ms = next((float(r.run_secs[0]) * 1e3 for r in ranked if default is not None
+                       and str(r.trace) == str(default)), None)
+    return {"best_ms": float(ranked[0].run_secs[0]) * 1e3 if ranked else None, "default_ms": default_ms}
 
 
 def _median_ms(run_secs) -> float:
     return float(np.median([float(s) for s in run_secs])) * 1e3
 
 
-def _best_ms(database, mod) -> float | None:
-    records = database.get_top_k(database.commit_workload(mod), 1)
-    return _median_ms(records[0].run_secs) if records and records[0].run_secs else None
+def _progress(items: list, description: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=description, unit="task", disable=not enabled)
 
 
 # --------------------------------------------------------------------------- measuring

@@ -1,14 +1,19 @@
-"""ScheduleSparseKernels: schedules our unscheduled kernels, and leaves a module without any as it is."""
+"""ScheduleSparseKernels schedules our unscheduled kernels (and leaves a module without any as it is);
+ApplyTuningDatabase applies the logged schedule that rank_tuned_records puts first."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 import tvm
-from tvm import tirx
+from tvm import s_tir, tirx
+from tvm.s_tir import meta_schedule as ms
 
 import topi_sparse
 import tvm_mcpruner as mcp
-from relay_passes import RewriteSparseConv2d, ScheduleSparseKernels, to_tir_stage
+from relay_passes import (ApplyTuningDatabase, RewriteSparseConv2d, ScheduleSparseKernels, rank_tuned_records,
+                          to_tir_stage)
 
 HOST = mcp.get_preset("host")
 
@@ -53,3 +58,84 @@ def test_kernels_are_scheduled_and_the_rest_kept_then_a_second_run_changes_nothi
     twice = ScheduleSparseKernels(HOST.family)(once)
     assert twice.same_as(once)
     tvm.ir.assert_structural_equal(twice, once)
+
+
+# --------------------------------------------------------------------------- choosing among logged schedules
+
+
+def kernel_workload():
+    """A sparse kernel's tuning workload (as mcp.tune extracts it) and the module it came from."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU()).eval()
+    pruned, _ = mcp.prune(model, target="host", keep_kernels=0.5)
+    mod = lowered(pruned, torch.randn(1, 16, 8, 8))
+    (task,) = [t for t in ms.relax_integration.extract_tasks(mod, HOST.tvm_target())
+               if topi_sparse.KERNEL_ATTR in t.dispatched[0]["main"].attrs]
+    return task.dispatched[0], mod
+
+
+def traced(workload, knobs):
+    sch = s_tir.Schedule(workload)
+    topi_sparse.apply_default_schedule(sch, HOST.family, knobs)
+    return sch.trace
+
+
+def log_runs(database, workload, trace, medians_ms):
+    """One record per run, each with three timings around its median."""
+    entry = database.commit_workload(workload)
+    args = ms.arg_info.ArgInfo.from_prim_func(workload["main"])
+    for ms_ in medians_ms:
+        secs = [ms_ * 1e-3 * f for f in (0.99, 1.0, 1.01)]
+        database.commit_tuning_record(ms.database.TuningRecord(trace, entry, secs, HOST.tvm_target(), args))
+
+
+OTHER_KNOBS = topi_sparse.PatternConvKnobs(lanes=16, tile_w=4, tile_h=2, order="row")
+
+
+@pytest.mark.parametrize(
+    "default_runs, tuned_runs, tuned_wins",
+    [
+        ([1.0], [0.90], True),              # 10% faster: beyond the margin
+        ([1.0], [0.99], False),             # 1% faster: a tie, the default stays
+        ([1.0, 1.0], [0.5, 1.1, 1.1], False),  # one lucky run; its median is slower
+        ([1.2, 1.0, 1.0], [0.95, 0.9], True),  # the default's slow outlier does not count either
+    ],
+)
+def test_the_default_stays_unless_a_schedule_beats_its_median_by_the_margin(default_runs, tuned_runs, tuned_wins):
+    workload, _ = kernel_workload()
+    default = topi_sparse.default_schedule_trace(workload, HOST.family)
+    tuned = traced(workload, OTHER_KNOBS)
+    assert str(default) != str(tuned)
+    database = ms.database.MemoryDatabase()
+    log_runs(database, workload, tuned, tuned_runs)
+    log_runs(database, workload, default, default_runs)
+
+    ranked = rank_tuned_records(database, database.commit_workload(workload), HOST.family)
+    assert [str(r.trace) for r in ranked] == [str(tuned), str(default)][:: 1 if tuned_wins else -1]
+    expected_ms = np.median(tuned_runs) if tuned_wins else np.median(default_runs)
+    assert float(ranked[0].run_secs[0]) * 1e3 == pytest.approx(expected_ms, rel=1e-9)
+    # without the family (no default known) it is the plain order of the medians
+    plain = rank_tuned_records(database, database.commit_workload(workload))
+    assert str(plain[0].trace) == str(min([(np.median(tuned_runs), str(tuned)), (np.median(default_runs), str(default))])[1])
+
+
+def test_apply_tuning_database_schedules_the_kernel_with_the_chosen_record():
+    workload, mod = kernel_workload()
+    database = ms.database.MemoryDatabase()
+    log_runs(database, workload, topi_sparse.default_schedule_trace(workload, HOST.family), [1.0, 1.0])
+    log_runs(database, workload, traced(workload, OTHER_KNOBS), [0.5, 1.1, 1.1])  # lucky once
+    (kernel,) = kernels(mod)
+
+    def applied(db):
+        apply = ApplyTuningDatabase(db, HOST.family)
+        with HOST.tvm_target():
+            after = apply(mod)
+        assert apply.applied == [kernel.name_hint]
+        return after[kernel]
+
+    def scheduled(knobs):
+        return topi_sparse.schedule_pattern_conv2d(mod[kernel], HOST.family, knobs)
+
+    tvm.ir.assert_structural_equal(applied(database), scheduled(None), map_free_vars=True)
+    log_runs(database, workload, traced(workload, OTHER_KNOBS), [0.5, 0.5])  # now it is faster
+    tvm.ir.assert_structural_equal(applied(database), scheduled(OTHER_KNOBS), map_free_vars=True)
