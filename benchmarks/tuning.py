@@ -14,7 +14,10 @@ from the logs (records are appended in measurement order).
 
 Writes ``tuning.json`` + ``.md`` (``tuning_quick`` for --quick) to benchmarks/results.
 Times from the tuner are its own measurements (LocalRunner, real packed operands);
-default-vs-tuned speedups come from the side-by-side timing, not from the tuner.
+default-vs-tuned speedups come from the side-by-side timing, not from the tuner. The
+tuned build applies what ``mcp.compile`` picks from the log (median of each schedule's
+runs after ``mcp.tune``'s confirmation rounds; the default unless beaten by
+``relay_passes.CHOICE_MARGIN``); a row says when that is the default itself.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ import tvm  # noqa: E402
 
 import tvm_mcpruner as mcp  # noqa: E402
 from tvm_mcpruner.pruning import bake  # noqa: E402
-from tvm_mcpruner.tuning import tune  # noqa: E402
+from relay_passes import CHOICE_MARGIN  # noqa: E402
+from tvm_mcpruner.tuning import CONFIRM_CANDIDATES, tune  # noqa: E402
 from tvm_mcpruner.tuning_log import RECORD_FILE  # noqa: E402
 
 SPARSITY = "A"
+CONFIRM_NOTE = f"2 confirmation rounds of the {CONFIRM_CANDIDATES} fastest and the default"
 COMPARE_BUDGETS = (16, 32, 64)
 DEFAULT_COMPARE = ("256->256 3x3/s1 @14x14", "128->128 3x3/s1 @28x28", "512->512 3x3/s1 @7x7")
 
@@ -83,7 +88,8 @@ def best_after(log_dir: Path, budgets: tuple[int, ...]) -> dict[int, float]:
     """Best latency (ms) among the first k measured records of a one-task log, per k.
 
     The first record is the default schedule (measured before the search), so every
-    search starts from the same point.
+    search starts from the same point. Part 2 tunes without confirmation rounds, so the
+    log holds the search's measurements only.
     """
     times = []
     with open(log_dir / RECORD_FILE) as f:
@@ -125,14 +131,16 @@ def part1(layers, args, workdir: Path) -> list[dict[str, Any]]:
         timed = side_by_side(mod, x, ref, log_dir, args.threads, args.repeats)
         row = {"layer": layer.shape.label, "suite": layer.suite, "trials": task.trials,
                "tune_wall_s": round(report.wall_s, 1), "tuner_default_ms": task.default_ms,
-               "tuner_best_ms": task.best_ms, "default_ms": timed["default"], "tuned_ms": timed["tuned"],
+               "tuner_best_ms": task.best_ms, "chose_default": task.best_ms == task.default_ms,
+               "default_ms": timed["default"], "tuned_ms": timed["tuned"],
                "speedup": timed["default"] / timed["tuned"], "nonzero_macs": nonzero,
                "default_again_ms": timed["default_again"], "aa_ratio": timed["default"] / timed["default_again"],
                "tuned_gflops_nonzero": 2 * nonzero / (timed["tuned"] * 1e-3) / 1e9,
                "default_gflops_nonzero": 2 * nonzero / (timed["default"] * 1e-3) / 1e9,
                "log_dir": str(log_dir), "log_applied": bool(timed["tuned_functions"])}
         print(f"{row['layer']:<28} default {row['default_ms']:.4f} ms  tuned {row['tuned_ms']:.4f} ms  "
-              f"{row['speedup']:.2f}x  A/A {row['aa_ratio']:.2f}  ({row['trials']} trials, {row['tune_wall_s']:.0f} s)",
+              f"{row['speedup']:.2f}x  A/A {row['aa_ratio']:.2f}  ({row['trials']} trials, {row['tune_wall_s']:.0f} s"
+              f"{', default kept' if row['chose_default'] else ''})",
               flush=True)
         rows.append(row)
         if args.ship_log:
@@ -182,7 +190,8 @@ def part2(layers, args, workdir: Path) -> list[dict[str, Any]]:
         for search in ("xgb", "random"):
             log_dir = workdir / f"compare-{search}" / label.replace(" ", "_").replace("/", "_")
             report = tune(mod, "host", trials=args.compare_trials, log_dir=log_dir, sparse_only=True,
-                          search=search, threads=args.threads, progress=sys.stderr.isatty(), seed=1)
+                          search=search, threads=args.threads, progress=sys.stderr.isatty(), seed=1,
+                          confirm_rounds=0)
             task = sparse_task(report)
             row[search] = {"best_ms_after": best_after(log_dir, COMPARE_BUDGETS), "trials": task.trials,
                            "wall_s": round(report.wall_s, 1)}
@@ -198,10 +207,12 @@ def markdown(info, peak, rows1, rows2, wall_s) -> str:
         text.append(f"\n## Part 1: tuned vs default schedule, sparsity {SPARSITY} (XGBoost, "
                     f"{rows1[0]['trials']} measured candidates per layer incl. the default)\n")
         text.append(C.md_table(
-            ["layer", "default ms", "tuned ms", "speedup", "A/A (noise)", "tuner: default/best", "tuned GF/s nz",
+            ["layer", "default ms", "tuned ms", "speedup", "A/A (noise)", "tuner: default/best", "applied",
+             "tuned GF/s nz",
              "tuned % peak", "trials", "tune s"],
             [[r["layer"], C.fmt(r["default_ms"], ".4f"), C.fmt(r["tuned_ms"], ".4f"), C.fmt(r["speedup"]),
               C.fmt(r.get("aa_ratio")), C.fmt(r["tuner_default_ms"] / r["tuner_best_ms"]),
+              "default" if r.get("chose_default") else "tuned",
               C.fmt(r["tuned_gflops_nonzero"], ".0f"), C.fmt(r["tuned_pct_peak"], ".0f"), r["trials"],
               C.fmt(r["tune_wall_s"], ".0f")] for r in rows1]))
         text.append(f"\nMedian speedup over the default knobs: {statistics.median(speedups):.2f}x "
@@ -215,8 +226,14 @@ def markdown(info, peak, rows1, rows2, wall_s) -> str:
                         f"median deviation {100 * statistics.median(noise):.1f}%, max {100 * max(noise):.1f}%. "
                         f"Layers slower after tuning beyond twice the median A/A deviation "
                         f"(< {1 - band:.3f}x): {sum(r['speedup'] < 1 - band for r in rows1)}. "
-                        f"'tuner: default/best' is the tuner's own measurement of the gain (the default "
-                        f"schedule is measured and logged first, so it is >= 1.00 by construction).")
+                        f"'tuner: default/best' is the tuner's own measurement of the gain: medians over "
+                        f"each schedule's runs (the search's and {CONFIRM_NOTE}); 'applied' says whether "
+                        f"compile applied a tuned schedule or kept the default (a tuned one must beat the "
+                        f"default's median by {100 * CHOICE_MARGIN:.0f}%).")
+        tuned = [r["speedup"] for r in rows1 if not r.get("chose_default", False)]
+        if tuned:
+            text.append(f"\nLayers where a tuned schedule was applied: {len(tuned)} of {len(rows1)}, median "
+                        f"speedup {statistics.median(tuned):.2f}x (min {min(tuned):.2f}x, max {max(tuned):.2f}x).")
     if rows2:
         text.append("\n## Part 2: XGBoost vs random search, best latency (ms) after k trials\n")
         text.append(C.md_table(
