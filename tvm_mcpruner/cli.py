@@ -166,7 +166,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         raise ValueError("--tracker needs --key (the key the board's RPC server registered with)")
     report = tune(_model_module(args), args.target, trials=args.trials, log_dir=args.log,
                   tracker=args.tracker, key=args.key, search=args.search, sparse_only=args.sparse_only,
-                  emulated=args.emulated)
+                  emulated=args.emulated, confirm_rounds=args.confirm_rounds)
     print(report.summary())
     print(f"'mcpruner compile --target {args.target}' now applies {report.log_dir} "
           "(or pass --tuning-log to pick a folder)")
@@ -303,7 +303,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_args(tu)
     _add_prune_args(tu)
     _add_source_args(tu)
-    tu.add_argument("--trials", type=int, default=200, help="measurement budget (counting what the log holds)")
+    tu.add_argument("--trials", type=int, default=200,
+                    help="distinct schedules to measure (counting what the log holds)")
+    tu.add_argument("--confirm-rounds", type=int, default=2,
+                    help="after the search, measure each kernel's 3 fastest schedules and its default this many "
+                    "more times (compile applies the best median; the default unless beaten by 3%%)")
     tu.add_argument("--log", help="log folder (default autotune_logs/<device>)")
     tu.add_argument("--tracker", help="HOST:PORT of a TVM RPC tracker (default: measure on this machine)")
     tu.add_argument("--key", help="device key on the tracker (e.g. hikey970)")
