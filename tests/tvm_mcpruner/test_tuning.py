@@ -154,3 +154,25 @@ def test_cli_tune_emulated_flag():
     assert _parser().parse_args(["tune"]).emulated is None
     assert _parser().parse_args(["tune", "--emulated"]).emulated is True
     assert _parser().parse_args(["tune", "--no-emulated"]).emulated is False
+
+
+def test_cli_tune_forwards_confirm_rounds(monkeypatch):
+    from tvm_mcpruner import cli, tuning
+
+    assert cli._parser().parse_args(["tune"]).confirm_rounds == 2
+    seen = {}
+
+    class Report:
+        log_dir = "LOG"
+
+        def summary(self):
+            return "summary"
+
+    def fake_tune(mod, target, **kwargs):
+        seen.update(kwargs)
+        return Report()
+
+    monkeypatch.setattr(tuning, "tune", fake_tune)
+    monkeypatch.setattr(cli, "_model_module", lambda args: "MOD")
+    assert cli._cmd_tune(cli._parser().parse_args(["tune", "--confirm-rounds", "0"])) == 0
+    assert seen["confirm_rounds"] == 0
