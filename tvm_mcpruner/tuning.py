@@ -60,6 +60,7 @@ SEARCHES = ("xgb", "random")
 # After the search, this many of each task's fastest schedules (and our kernel's default)
 # are measured again: see ``tune(confirm_rounds=...)``.
 CONFIRM_CANDIDATES = 3
+CONFIRM_ROUNDS = 2
 
 
 @dataclass
@@ -68,7 +69,8 @@ class TaskResult:
 
     ``trials``: distinct schedules measured (the log may hold more runs of them);
     ``best_ms``: median time of the schedule ``mcp.compile`` applies
-    (``relay_passes.rank_tuned_records``); ``default_ms``: median of the default's runs.
+    (``relay_passes.rank_tuned_records``); ``default_ms``: median of the default's runs;
+    ``kept_default``: whether that schedule is our kernel's default (None: not our kernel).
     """
 
     name: str
@@ -77,6 +79,7 @@ class TaskResult:
     trials: int
     best_ms: float | None
     default_ms: float | None = None
+    kept_default: bool | None = None
 
     @property
     def speedup_over_default(self) -> float | None:
@@ -130,7 +133,7 @@ def tune(
     progress: bool = True,
     seed: int = 0,
     emulated: bool | None = None,
-    confirm_rounds: int = 2,
+    confirm_rounds: int = CONFIRM_ROUNDS,
 ) -> TuningReport:
     """Tune ``mod`` (as ``mcp.compile`` would build it) for ``target``; append to its log.
 
@@ -202,7 +205,7 @@ def tune(
     done = sum(_schedules_measured(database, ctx) for ctx in contexts)
     budget = max(0, trials - done)
     if done:
-        logger.info("tuning log %s already holds %d measurements of these %d tasks; %d more to run",
+        logger.info("tuning log %s already holds %d schedules of these %d tasks; %d more to run",
                     log_dir, done, len(contexts), budget)
     if budget:
         # MetaSchedule draws its per-task table with pandas (not a requirement here) and
@@ -384,13 +387,18 @@ def _schedules_measured(database, ctx: ms.TuneContext) -> int:
     return len(rank_tuned_records(database, database.commit_workload(ctx.mod)))
 
 
-def _chosen_ms(database, ctx: ms.TuneContext, family: str) -> dict[str, float | None]:
-    """Median ms of the schedule compile applies (``best_ms``) and of the default (``default_ms``)."""
+def _chosen_ms(database, ctx: ms.TuneContext, family: str) -> dict[str, Any]:
+    """Median ms of the schedule compile applies (``best_ms``) and of the default
+    (``default_ms``), and whether they are the same schedule (``kept_default``)."""
     ranked = rank_tuned_records(database, database.commit_workload(ctx.mod), family)
+    if not ranked:
+        return {"best_ms": None}
     default = topi_sparse.default_schedule_trace(ctx.mod, family)
-    default_ms = next((float(r.run_secs[0]) * 1e3 for r in ranked if default is not None
-                       and str(r.trace) == str(default)), None)
-    return {"best_ms": float(ranked[0].run_secs[0]) * 1e3 if ranked else None, "default_ms": default_ms}
+    if default is None:
+        return {"best_ms": float(ranked[0].run_secs[0]) * 1e3}
+    ms_by_trace = {str(r.trace): float(r.run_secs[0]) * 1e3 for r in ranked}
+    return {"best_ms": ms_by_trace[str(ranked[0].trace)], "default_ms": ms_by_trace.get(str(default)),
+            "kept_default": str(ranked[0].trace) == str(default)}
 
 
 def _median_ms(run_secs) -> float:

@@ -47,6 +47,7 @@ def test_local_tuning_logs_resumes_and_is_applied(tmp_path):
     report = mcp.tune(mod, "host", trials=6, log_dir=log, sparse_only=True, progress=False)
     (task,) = report.tasks
     assert task.kind == "sparse" and task.default_ms > 0 and task.best_ms <= task.default_ms
+    assert task.kept_default in (True, False)
     per_schedule = Counter(json.dumps(record[1][0]) for record in records(log))  # runs per trace
     assert 2 <= task.trials <= 6 and len(per_schedule) == task.trials
     # after the search, the 3 fastest (the default among them or added) ran twice more
