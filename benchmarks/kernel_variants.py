@@ -63,7 +63,7 @@ def aligned_weight(rng: np.random.Generator, o: int, c: int, lanes: int) -> np.n
 def ablation_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc:
     """The same compute and schedule, offsets from a closed form instead of a buffer."""
     shape, tile = kernel.shape, kernel.knobs.tile_w
-    hp, wp = shape.padded_height(), shape.padded_width(tile)
+    hp, wp = shape.padded_height(tile), shape.padded_width(tile)
 
     def offset(_g, e):  # channel e // 4, taps (0,0) (0,1) (1,0) (1,1): in bounds, no load
         return (e // PATTERN_TAPS % shape.in_channels) * (hp * wp) + (e % 4) // 2 * wp + e % 2

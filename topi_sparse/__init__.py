@@ -212,7 +212,7 @@ def build_pattern_conv2d(
     knobs = knobs or default_pattern_conv_knobs(probe.out_width, lanes)
     values, offsets = kernel_operands(
         row_ptr, row_channel, row_tap, row_values, kw,
-        probe.padded_height(), probe.padded_width(knobs.tile_w),
+        probe.padded_height(knobs.tile_w), probe.padded_width(knobs.tile_w),
     )
     shape = PatternConvShape(n, c, h, w, o, (kh, kw), stride, tuple(padding), lanes, values.shape[1])
     if knobs.lanes != lanes:

@@ -19,8 +19,11 @@ Stages::
     out[n, o, oh, ow]       = clip(acc[n, o // V, oh, ow, o % V] + bias[o])
 
 ``acc`` is computed over ``OWp >= OW`` columns (a multiple of the register tile width)
-so that every tile is full; the padded input is wide enough that the extra columns read
-zeros, and ``out`` drops them.
+and, when the kernel makes a padded copy, ``OHp >= OH`` rows (a multiple of
+:data:`ROW_MULTIPLE`), so that every register tile is full whatever its size; the padded
+input is large enough that the extra rows and columns read zeros, and ``out`` drops them.
+Padding rows costs nothing while a tile is one row high (only the rows ``out`` needs are
+computed); it lets a 7-row output use 2- or 4-row tiles.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-__all__ = ["PatternConvShape", "pattern_conv2d_nchw", "kernel_operands"]
+__all__ = ["ROW_MULTIPLE", "PatternConvShape", "pattern_conv2d_nchw", "kernel_operands"]
+
+# acc's rows are padded to a multiple of this (when a padded input copy exists): every
+# register tile height up to it that divides it fits every layer.
+ROW_MULTIPLE = 4
 
 
 @dataclass(frozen=True)
@@ -69,9 +76,20 @@ class PatternConvShape:
         _, left, _, right = self.padding
         return max((ow_padded - 1) * self.stride + self.kernel[1], self.width + left + right)
 
-    def padded_height(self) -> int:
+    def acc_rows(self, tile_w: int) -> int:
+        """Rows of ``acc``: OH, rounded up to :data:`ROW_MULTIPLE` when the input is copied.
+
+        A kernel that reads its input directly cannot read rows past the input's end,
+        so its ``acc`` keeps exactly OH rows.
+        """
+        if self.reads_input_directly(tile_w):
+            return self.out_height
+        return -(-self.out_height // ROW_MULTIPLE) * ROW_MULTIPLE
+
+    def padded_height(self, tile_w: int) -> int:
+        """Rows of the padded input per channel: enough for ``acc``'s padded rows."""
         top, _, bottom, _ = self.padding
-        return self.height + top + bottom
+        return max(self.height + top + bottom, (self.acc_rows(tile_w) - 1) * self.stride + self.kernel[0])
 
     def reads_input_directly(self, tile_w: int) -> bool:
         """True when no padded copy is needed: the kernel then reads the input itself.
@@ -134,10 +152,11 @@ def pattern_conv2d_nchw(
     v_, g_, e_ = shape.lanes, shape.groups, shape.entries
     top, left, _, _ = shape.padding
     s = shape.stride
-    hp, wp = shape.padded_height(), shape.padded_width(tile_w)
+    hp, wp = shape.padded_height(tile_w), shape.padded_width(tile_w)
     oh_, ow_ = shape.out_height, shape.out_width
     owp = -(-ow_ // tile_w) * tile_w
-    # wp covers acc's padded columns, so every read stays inside [0, C * Hp * Wp).
+    ohp = shape.acc_rows(tile_w)
+    # hp and wp cover acc's padded rows and columns: every read stays in [0, C * Hp * Wp).
     flat = c_ * hp * wp
 
     values = te.placeholder((g_, e_, v_), "float32", name="values")
@@ -157,7 +176,7 @@ def pattern_conv2d_nchw(
     offset = entry_offset or (lambda g, e: offsets[g, e])
     e = te.reduce_axis((0, e_), name="e")
     acc = te.compute(
-        (n_, g_, oh_, owp, v_),
+        (n_, g_, ohp, owp, v_),
         lambda n, g, oh, ow, v: te.sum(
             values[g, e, v] * pad[n, offset(g, e) + oh * (s * wp) + ow * s], axis=e
         ),

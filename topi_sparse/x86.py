@@ -26,10 +26,9 @@ import itertools
 from tvm import s_tir, tirx
 
 from .knobs import LOOP_ORDERS, PatternConvKnobs, max_accumulators
+from .pattern_conv2d import ROW_MULTIPLE
 
 __all__ = ["apply_pattern_conv2d_cpu", "pattern_conv2d_cpu_spaces", "schedule_pattern_conv2d_cpu"]
-
-_MAX_TILE_ROWS = 4
 
 
 def schedule_pattern_conv2d_cpu(func: tirx.PrimFunc, knobs: PatternConvKnobs) -> tirx.PrimFunc:
@@ -50,7 +49,7 @@ def pattern_conv2d_cpu_spaces(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
     """MetaSchedule design spaces: one per (loop order, store style), tiles sampled.
 
     Tile widths are divisors of ``acc``'s padded columns up to the accumulator budget,
-    tile heights divisors of the output rows up to 4; tiles whose product overflows the
+    tile heights divisors of its (padded) rows up to ``ROW_MULTIPLE``; tiles whose product overflows the
     register file are left in (they spill and measure slow; the cost model learns it).
     """
     spaces = []
@@ -105,7 +104,7 @@ def _schedule_conv(sch: s_tir.Schedule, order: str, vectorize_store: bool, *, la
     # the padded width is a valid tile, including tiles that do not divide OW.
     _, tw = sch.sample_perfect_tile(acc_ow, n=2, max_innermost_factor=max_accumulators(lanes),
                                     decision=tile_w)
-    _, th = sch.sample_perfect_tile(acc_oh, n=2, max_innermost_factor=_MAX_TILE_ROWS, decision=tile_h)
+    _, th = sch.sample_perfect_tile(acc_oh, n=2, max_innermost_factor=ROW_MULTIPLE, decision=tile_h)
     n, o, oh, ow = sch.get_loops(out)
     go, vo = sch.split(o, [None, lanes])
     ho, hi = sch.split(oh, [None, th])

@@ -83,6 +83,31 @@ def test_fixed_knobs_match_torch(tile_h, order, store):
     assert_close(_run(func, kernel, x), ref)
 
 
+@pytest.mark.parametrize("tile_h,order", [(4, "group"), (2, "row"), (4, "row")])
+def test_row_tiles_that_overshoot_the_output_rows_match_torch(tile_h, order):
+    # 7 output rows: acc is padded to 8 rows, so 2- and 4-row tiles fit; out drops row 8.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 12, 7, 7)).astype(np.float32)
+    w = make_weight(rng, 32, 12, 3, 3, 16, "aligned", 0.5)
+    kernel = _kernel(x, w, 1, 1, 16)
+    assert kernel.shape.acc_rows(kernel.knobs.tile_w) == 8
+    knobs = PatternConvKnobs(lanes=16, tile_w=7, tile_h=tile_h, order=order)
+    func = topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", knobs)
+    ref = torch_reference(x, w, None, stride=1, padding=1, clip=(0.0, None))
+    assert_close(_run(func, kernel, x), ref)
+
+
+def test_kernel_reading_its_input_directly_keeps_exact_rows():
+    # No padded copy: rows past the input's end cannot be read, so no 4-row tile on 7 rows.
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 16, 7, 7)).astype(np.float32)
+    kernel = _kernel(x, make_weight(rng, 16, 16, 1, 1, 16, "aligned", 0.5), 1, 0, 16)
+    assert kernel.shape.reads_input_directly(kernel.knobs.tile_w)
+    assert kernel.shape.acc_rows(kernel.knobs.tile_w) == 7
+    with pytest.raises(ValueError, match="must divide"):
+        topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", PatternConvKnobs(lanes=16, tile_w=7, tile_h=4))
+
+
 def test_tile_that_does_not_divide_the_padded_width_is_refused():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 4, 8, 14)).astype(np.float32)

@@ -291,7 +291,7 @@ def test_kernel_operands_offsets_in_bounds_and_padding_zero(
     w = make_weight(rng, o, c, k, k, lanes, kind, keep)
     packed = pack_pattern_weights(w, lanes)
     shape = shape_for(1, c, h, wd, o, (k, k), stride, padding, lanes)
-    hp, wp = shape.padded_height(), shape.padded_width(tile_w)
+    hp, wp = shape.padded_height(tile_w), shape.padded_width(tile_w)
     row_channel, row_tap = packed.row_channels_and_taps()
     values, offsets = kernel_operands(packed.row_ptr, row_channel, row_tap, packed.values,
                                       k, hp, wp)
@@ -304,10 +304,10 @@ def test_kernel_operands_offsets_in_bounds_and_padding_zero(
     flat = c * hp * wp
     assert offsets.min() >= 0
     assert offsets.max() < flat
-    # Stronger: the farthest element the compute reads (last output row, last padded
+    # Stronger: the farthest element the compute reads (last padded row, last padded
     # column of acc) is still inside the padded input.
     owp = -(-shape.out_width // tile_w) * tile_w
-    farthest = offsets.max() + (shape.out_height - 1) * stride * wp + (owp - 1) * stride
+    farthest = offsets.max() + (shape.acc_rows(tile_w) - 1) * stride * wp + (owp - 1) * stride
     assert farthest < flat
 
     for g in range(groups):
