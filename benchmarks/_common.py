@@ -117,10 +117,15 @@ class Timing:
                 "max_rel_error": self.max_rel_error, "note": self.note}
 
 
-def measure_all(runners: dict[str, Runner], refs: dict[str, np.ndarray], repeats: int,
+def measure_all(runners: dict[str, Runner], refs: dict[str, np.ndarray | None], repeats: int,
                 notes: dict[str, str] | None = None) -> dict[str, Timing]:
-    """Check each runner's output against its reference, then time them all interleaved."""
-    errors = {name: rel_error(_as_numpy(fn()), refs[name]) for name, fn in runners.items()}
+    """Check each runner's output against its reference, then time them all interleaved.
+
+    A runner whose reference is None (a probe such as :func:`fma_peak_probe`) is timed
+    with the others but not checked (its error reads as 0).
+    """
+    errors = {name: 0.0 if refs[name] is None else rel_error(_as_numpy(fn()), refs[name])
+              for name, fn in runners.items()}
     times = time_interleaved(runners, repeats=repeats)
     notes = notes or {}
     return {name: Timing(name.split("@")[0], statistics.median(t), t, errors[name], notes.get(name, ""))
@@ -429,7 +434,8 @@ def fill_pct_of_peak(rows: list[dict[str, Any]], peak_gflops: float) -> None:
         row["mcpruner_pct_peak"] = 100 * row["mcpruner_gflops_nonzero"] / peak_gflops
 
 
-def _tvm_fma_gflops(threads: int, repeats: int, iterations: int = 200_000) -> float:
+def _fma_loop(threads: int, iterations: int) -> tuple[Callable[[], Any], float]:
+    """A TVM-built loop of independent FMAs on ``threads`` threads: (call it, FLOPs per call)."""
     from tvm.script import tirx as T
 
     from tvm_mcpruner.compiler import set_tvm_threads
@@ -457,8 +463,28 @@ def _tvm_fma_gflops(threads: int, repeats: int, iterations: int = 200_000) -> fl
     set_tvm_threads(threads)
     ab = tvm.runtime.tensor(np.array([0.999999, 1e-6], "float32"))
     out = tvm.runtime.tensor(np.zeros((threads, acc, lanes), "float32"))
-    seconds = lib.time_evaluator("main", tvm.cpu(), number=5, repeat=repeats)(ab, out).results
-    return 2 * threads * acc * lanes * iterations / statistics.median(seconds) / 1e9
+    main = lib["main"]
+    return (lambda: main(ab, out)), 2.0 * threads * acc * lanes * iterations
+
+
+def _tvm_fma_gflops(threads: int, repeats: int, iterations: int = 200_000) -> float:
+    call, flops = _fma_loop(threads, iterations)
+    seconds = [_one_repeat(call, 5) / 1e3 for _ in range(repeats)]
+    return flops / statistics.median(seconds) / 1e9
+
+
+PEAK_PROBE = "peak-probe"
+
+
+def fma_peak_probe(threads: int) -> tuple[Runner, float]:
+    """The FMA loop as a runner to time *between* a workload's repeats: (runner, FLOPs per call).
+
+    On a shared machine the capacity we get drifts within minutes (this host's FMA peak
+    has read 250 and 540 GFLOP/s in one hour). Timed interleaved with a layer, the probe
+    says what peak was available while that layer was timed; a row's percentage of it is
+    the kernel's efficiency with the drift divided out. One call is ~0.3 ms at 500 GF/s.
+    """
+    return _fma_loop(threads, 100_000)
 
 
 # ----------------------------------------------------------------------------- results

@@ -79,7 +79,12 @@ def test_quick_run_writes_results_and_matches_torch(tmp_path):
         assert all(t["max_rel_error"] < 1e-4 for t in r["timings"]), r["layer"]
         assert r["mac_reduction"] >= 1.0 and r["speedup_vs_fastest_dense"] > 0
         assert 0 < r["nonzero_macs"] <= r["dense_macs"]
+        # the FMA-loop probe was timed with the layer and its peak divides the row's GF/s
+        assert r["concurrent_peak_gflops"] > 0
+        assert r["mcpruner_pct_concurrent_peak"] == pytest.approx(
+            100 * r["mcpruner_gflops_nonzero"] / r["concurrent_peak_gflops"])
     three = [r for r in saved["layers"] if r["suite"] == "3x3"]
     assert {round(r["mac_reduction"], 2) for r in three} == {4.5, 9.0}  # 4-of-9 + 50% / 25% kept
-    assert set(saved["targets"]) == {"3x3_A", "3x3_B", "3x3_peak_pct", "1x1_4x"}
+    assert set(saved["targets"]) == {"3x3_A", "3x3_B", "3x3_peak_pct", "3x3_concurrent_peak_pct",
+                                     "1x1_4x"}
     assert payload["layers"] == saved["layers"]
