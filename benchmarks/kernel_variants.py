@@ -47,14 +47,14 @@ PATTERN_TAPS = 4
 KEEP = 0.5
 
 
-def aligned_weight(rng: np.random.Generator, o: int, c: int, lanes: int) -> np.ndarray:
-    """A 3x3 weight with the pruner's structure: per filter group, KEEP of the channels,
+def aligned_weight(rng: np.random.Generator, o: int, c: int, lanes: int, keep: float = KEEP) -> np.ndarray:
+    """A 3x3 weight with the pruner's structure: per filter group, ``keep`` of the channels,
     each with a 4-tap pattern that contains the centre."""
     w = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
     others = [0, 1, 2, 3, 5, 6, 7, 8]
     for g in range(0, o, lanes):
         mask = np.zeros((c, 9), bool)
-        for ch in rng.choice(c, max(1, round(KEEP * c)), replace=False):
+        for ch in rng.choice(c, max(1, round(keep * c)), replace=False):
             mask[ch, [4, *rng.choice(others, PATTERN_TAPS - 1, replace=False)]] = True
         w[g:g + lanes] *= mask.reshape(c, 3, 3)
     return w
