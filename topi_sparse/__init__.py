@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import IRModule, s_tir, te, tirx
 
-from .knobs import LOOP_ORDERS, PatternConvKnobs, default_pattern_conv_knobs, max_accumulators
+from .knobs import (
+    LOOP_ORDERS,
+    PatternConvKnobs,
+    cheaper_loop_order,
+    default_pattern_conv_knobs,
+    max_accumulators,
+)
 from .pattern_conv2d import PatternConvShape, kernel_operands, pattern_conv2d_nchw
 from .x86 import apply_pattern_conv2d_cpu, pattern_conv2d_cpu_spaces
 
@@ -24,6 +30,7 @@ __all__ = [
     "PatternConvKernel",
     "UnsupportedTargetError",
     "build_pattern_conv2d",
+    "cheaper_loop_order",
     "default_pattern_conv_knobs",
     "apply_default_schedule",
     "default_schedule_trace",
@@ -114,8 +121,19 @@ def default_schedule_trace(mod: IRModule, family: str) -> s_tir.Trace | None:
 
 
 def _declared_knobs(func: tirx.PrimFunc) -> PatternConvKnobs:
-    """The default knobs of a compute: the register tile it was declared with."""
-    return PatternConvKnobs(lanes=int(func.attrs["mcpruner.lanes"]), tile_w=int(func.attrs["mcpruner.tile_w"]))
+    """The default knobs of a compute: the register tile it was declared with, and the
+    loop order that streams fewer bytes (:func:`cheaper_loop_order`), read off its buffers."""
+    lanes, tile_w = int(func.attrs["mcpruner.lanes"]), int(func.attrs["mcpruner.tile_w"])
+    sch = s_tir.Schedule(func)
+    # acc reads values [G, E, V], offsets and the padded copy (or the input itself);
+    # out writes [N, O, OH, OW]
+    reads = {r.source.name: r.source for r in sch.get(sch.get_sblock("acc")).reads}
+    groups, entries, _ = (int(d) for d in reads["values"].shape)
+    read = reads["pad"] if "pad" in reads else reads["data"]
+    input_elements = int(np.prod([int(d) for d in read.shape]))
+    out_rows = int(sch.get(sch.get_sblock("out")).writes[0].source.shape[2])
+    order = cheaper_loop_order(4 * input_elements, 4 * groups * entries * (lanes + 1), groups, out_rows)
+    return PatternConvKnobs(lanes=lanes, tile_w=tile_w, order=order)
 
 
 def apply_default_schedule(sch: s_tir.Schedule, family: str, knobs: PatternConvKnobs) -> None:
@@ -147,10 +165,10 @@ def pattern_conv2d_primfunc(
     ``clip`` = (min, max), either None for no bound, fuses ReLU / ReLU6 into the write-out.
     """
     _check_family(family)
-    knobs = knobs or default_pattern_conv_knobs(shape.out_width, shape.lanes)
-    if knobs.lanes != shape.lanes:
+    if knobs is not None and knobs.lanes != shape.lanes:
         raise ValueError(f"knobs.lanes={knobs.lanes} must equal the packed group size {shape.lanes}")
-    func = pattern_conv2d_compute(shape, knobs.tile_w, with_bias=with_bias, clip=clip)
+    tile_w = knobs.tile_w if knobs else default_pattern_conv_knobs(shape.out_width, shape.lanes).tile_w
+    func = pattern_conv2d_compute(shape, tile_w, with_bias=with_bias, clip=clip)
     return schedule_pattern_conv2d(func, family, knobs)
 
 
@@ -209,14 +227,15 @@ def build_pattern_conv2d(
     o, _, kh, kw = weight_shape
     lanes = row_values.shape[1]
     probe = PatternConvShape(n, c, h, w, o, (kh, kw), stride, tuple(padding), lanes, 1)
-    knobs = knobs or default_pattern_conv_knobs(probe.out_width, lanes)
+    if knobs is not None and knobs.lanes != lanes:
+        raise ValueError(f"knobs.lanes={knobs.lanes} must equal the packed group size {lanes}")
+    tile_w = knobs.tile_w if knobs else default_pattern_conv_knobs(probe.out_width, lanes).tile_w
     values, offsets = kernel_operands(
         row_ptr, row_channel, row_tap, row_values, kw,
-        probe.padded_height(knobs.tile_w), probe.padded_width(knobs.tile_w),
+        probe.padded_height(tile_w), probe.padded_width(tile_w),
     )
     shape = PatternConvShape(n, c, h, w, o, (kh, kw), stride, tuple(padding), lanes, values.shape[1])
-    if knobs.lanes != lanes:
-        raise ValueError(f"knobs.lanes={knobs.lanes} must equal the packed group size {lanes}")
-    compute = pattern_conv2d_compute(shape, knobs.tile_w, with_bias=with_bias, clip=clip)
+    compute = pattern_conv2d_compute(shape, tile_w, with_bias=with_bias, clip=clip)
+    knobs = knobs or _declared_knobs(compute)  # the same default the Relax pipeline applies
     func = schedule_pattern_conv2d(compute, family, knobs)
     return PatternConvKernel(func, values, offsets, shape, knobs, compute)

@@ -1,4 +1,4 @@
-"""topi_sparse.knobs: the default register tile of the pattern-sparse conv."""
+"""topi_sparse.knobs: the default register tile and loop order of the pattern-sparse conv."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from topi_sparse import PatternConvKnobs, default_pattern_conv_knobs
+import numpy as np
+import tvm
+
+import topi_sparse
+from tests._models import aligned_mask
+from topi_sparse import PatternConvKnobs, build_pattern_conv2d, cheaper_loop_order, default_pattern_conv_knobs
+from tvm_mcpruner.sparse_format import pack_pattern_weights
 
 # Accumulator limit per fp32 vector width: the vector register file (AVX-512 and NEON:
 # 32 registers, AVX2: 16) minus the weight vector and slack for the compiler. A tile
@@ -71,3 +77,34 @@ def test_knobs_are_frozen():
     knobs = PatternConvKnobs(lanes=16, tile_w=4)
     with pytest.raises(dataclasses.FrozenInstanceError):
         knobs.tile_w = 8  # type: ignore[misc]
+
+
+# --- loop order of the default schedule -------------------------------------------------
+
+def test_loop_order_streams_the_smaller_operand():
+    mb = 1 << 20
+    # VGG conv1_2-like: 13 MB input, 4 groups, 32 KB of weights, 224 rows of tiles
+    assert cheaper_loop_order(13 * mb, 32 * 1024, groups=4, row_tiles=224) == "row"
+    # many heavy groups over few rows: re-reading 8 MB of weights per row costs more (56 MB)
+    # than re-reading a 1 MB input per group (32 MB)
+    assert cheaper_loop_order(1 * mb, 8 * mb, groups=32, row_tiles=7) == "group"
+    # an input that stays in L2 keeps the group order whatever the weights
+    assert cheaper_loop_order(300 * 1024, 1024, groups=64, row_tiles=14) == "group"
+
+
+def _built(c, o, size, stride, keep):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((o, c, 3, 3)).astype(np.float32) * aligned_mask(rng, o, c, 16, keep=keep)
+    packed = pack_pattern_weights(w, 16)
+    return build_pattern_conv2d((1, c, size, size), w.shape, packed.row_ptr, *packed.row_channels_and_taps(),
+                                packed.values, stride=stride, padding=(1, 1, 1, 1), family="x86")
+
+
+def test_default_knobs_pick_the_order_from_the_layer_and_match_the_declared_default():
+    big = _built(64, 64, 112, 1, 0.5)     # 3.3 MB padded input, 4 groups
+    small = _built(512, 64, 7, 1, 0.5)    # 200 KB input
+    assert big.knobs.order == "row" and small.knobs.order == "group"
+    for kernel in (big, small):
+        # the knobs build_pattern_conv2d used are those the Relax pipeline gives the compute
+        assert topi_sparse.default_schedule_trace(tvm.IRModule({"main": kernel.compute}), "x86") is not None
+        assert topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86").script() == kernel.func.script()
