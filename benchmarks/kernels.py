@@ -21,6 +21,8 @@ Writes ``kernels.json`` + ``.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -43,16 +45,23 @@ GOAL_PCT = 55.0
 MAX_REL_ERROR = 1e-4  # against torch's dense conv on the same weights (fp32 sums in another order)
 
 
-def _kernel_runner(c: int, o: int, size: int, stride: int, keep: float, seed: int):
-    """(runner, non-zero FLOPs per call, knobs) of one layer's default-scheduled kernel."""
+def _kernel_runner(c: int, o: int, size: int, stride: int, keep: float, seed: int, *,
+                   other_order: bool = False):
+    """(runner, non-zero FLOPs per call, knobs) of one layer's default-scheduled kernel, or,
+    with ``other_order``, of the same kernel with the loop order the default did not pick."""
     rng = np.random.default_rng(seed)
     lanes = _common.mcp.get_preset("host").vector_width
     w = aligned_weight(rng, o, c, lanes, keep=keep)
     packed = pack_pattern_weights(w, lanes)
-    kernel = topi_sparse.build_pattern_conv2d(
+    build = functools.partial(
+        topi_sparse.build_pattern_conv2d,
         (1, c, size, size), w.shape, packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
         stride=stride, padding=(1, 1, 1, 1), family="x86",
     )
+    kernel = build()
+    if other_order:
+        flipped = next(order for order in topi_sparse.LOOP_ORDERS if order != kernel.knobs.order)
+        kernel = build(knobs=dataclasses.replace(kernel.knobs, order=flipped))
     lib = tvm.compile(tvm.IRModule({"main": kernel.func}), target=_common.host_target())
     dev = tvm.cpu()
     x = rng.standard_normal(kernel.input_shape).astype(np.float32)
@@ -67,22 +76,31 @@ def _kernel_runner(c: int, o: int, size: int, stride: int, keep: float, seed: in
     return (lambda: lib(*operands, out)), flops, kernel.knobs
 
 
-def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats: int) -> list[dict]:
-    """Both sparsities of one layer and the FMA probe, timed interleaved."""
+def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats: int,
+                  compare_orders: bool = False) -> list[dict]:
+    """Both sparsities of one layer and the FMA probe (and, with ``compare_orders``, each
+    kernel with the other loop order), timed interleaved."""
     probe, probe_flops = _common.fma_peak_probe(threads)
     runners, flops, knobs = {_common.PEAK_PROBE: probe}, {}, {}
     for name, keep in SPARSITIES.items():
         runners[name], flops[name], knobs[name] = _kernel_runner(c, o, size, stride, keep, seed=c + size)
+        if compare_orders:
+            runners[f"{name}:other"] = _kernel_runner(c, o, size, stride, keep, seed=c + size, other_order=True)[0]
     times = _common.time_interleaved(runners, repeats=repeats)
     peak = probe_flops / (statistics.median(times.pop(_common.PEAK_PROBE)) * 1e-3) / 1e9
     rows = []
-    for name, t in times.items():
+    for name in SPARSITIES:
+        t = times[name]
         ms = statistics.median(t)
         gflops = flops[name] / (ms * 1e-3) / 1e9
-        rows.append({"layer": f"{c}->{o} 3x3/s{stride} @{size}x{size}", "sparsity": name,
-                     "keep_kernels": SPARSITIES[name], "tile": f"{knobs[name].tile_h}x{knobs[name].tile_w}",
-                     "ms": ms, "times_ms": t, "gflops_nonzero": gflops,
-                     "concurrent_peak_gflops": peak, "pct_concurrent_peak": 100 * gflops / peak})
+        row = {"layer": f"{c}->{o} 3x3/s{stride} @{size}x{size}", "sparsity": name,
+               "keep_kernels": SPARSITIES[name], "tile": f"{knobs[name].tile_h}x{knobs[name].tile_w}",
+               "order": knobs[name].order, "ms": ms, "times_ms": t, "gflops_nonzero": gflops,
+               "concurrent_peak_gflops": peak, "pct_concurrent_peak": 100 * gflops / peak}
+        if compare_orders:
+            other_ms = statistics.median(times[f"{name}:other"])
+            row.update(other_order_ms=other_ms, default_speedup_over_other_order=other_ms / ms)
+        rows.append(row)
     return rows
 
 
@@ -91,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--limit", type=int, default=0, help="only the first N layers (tests)")
+    parser.add_argument("--compare-orders", action="store_true",
+                        help="also time each kernel with the loop order its default did not pick")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     _common.setup(args.threads)
@@ -98,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     suite = [lay.shape for lay in discover_layers(["3x3"])][: args.limit or None]
     rows = []
     for s in tqdm(suite, desc="layers", unit="layer", file=sys.stdout):
-        rows += measure_layer(s.cin, s.cout, s.height, s.stride, args.threads, args.repeats)
+        rows += measure_layer(s.cin, s.cout, s.height, s.stride, args.threads, args.repeats,
+                              compare_orders=args.compare_orders)
     median_pct = statistics.median(r["pct_concurrent_peak"] for r in rows)
     median_gflops = statistics.median(r["gflops_nonzero"] for r in rows)
     info = {"machine": _common.machine_info(), "threads": args.threads, "repeats": args.repeats,
@@ -107,10 +128,23 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {**info, "rows": rows, "median_pct_concurrent_peak": median_pct,
                "median_gflops_nonzero": median_gflops, "goal_pct": GOAL_PCT,
                "wall_s": round(time.perf_counter() - start, 1)}
-    table = _common.md_table(
-        ["layer", "sp.", "tile", "kernel ms", "GF/s non-zero", "FMA peak GF/s (same rounds)", "% of it"],
-        [(r["layer"], r["sparsity"], r["tile"], f"{r['ms']:.4f}", f"{r['gflops_nonzero']:.0f}",
-          f"{r['concurrent_peak_gflops']:.0f}", f"{r['pct_concurrent_peak']:.0f}") for r in rows])
+    headers = ["layer", "sp.", "tile, order", "kernel ms", "GF/s non-zero", "FMA peak GF/s (same rounds)", "% of it"]
+    cells = [[r["layer"], r["sparsity"], f"{r['tile']} {r['order']}", f"{r['ms']:.4f}", f"{r['gflops_nonzero']:.0f}",
+              f"{r['concurrent_peak_gflops']:.0f}", f"{r['pct_concurrent_peak']:.0f}"] for r in rows]
+    order_lines = []
+    if args.compare_orders:
+        headers += ["other order ms", "default vs other"]
+        for r, line in zip(rows, cells):
+            line += [f"{r['other_order_ms']:.4f}", f"{r['default_speedup_over_other_order']:.2f}x"]
+        gains = [r["default_speedup_over_other_order"] for r in rows]
+        row_order = [r["default_speedup_over_other_order"] for r in rows if r["order"] == "row"]
+        payload["order_comparison"] = {"median": statistics.median(gains), "min": min(gains), "max": max(gains),
+                                       "median_where_default_is_row": statistics.median(row_order) if row_order else None}
+        order_lines = ["", f"Loop order: the default's kernel is {statistics.median(gains):.2f}x as fast as the "
+                           f"other order's (median; {min(gains):.2f}-{max(gains):.2f}x); on the {len(row_order)} rows "
+                           f"where the default picks \"row\": median "
+                           + (f"{statistics.median(row_order):.2f}x." if row_order else "n/a.")]
+    table = _common.md_table(headers, cells)
     markdown = "\n".join([
         "# Kernel-only efficiency of the sparse 3x3 kernels", "",
         f"- {info['date']}, `{info['command']}`, {info['machine']['cpu']}, {args.threads} threads; "
@@ -123,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         table, "",
         f"Median over {len(rows)} rows: {median_gflops:.0f} GFLOP/s non-zero, "
         f"{median_pct:.1f}% of the FMA peak timed in the same rounds (the layer benchmark's goal "
-        f"for end-to-end figures: {GOAL_PCT:.0f}%)."])
+        f"for end-to-end figures: {GOAL_PCT:.0f}%).", *order_lines])
     _common.write_results(args.out, "kernels", payload, markdown)
     print(f"median {median_gflops:.0f} GF/s, {median_pct:.1f}% of concurrent peak; wrote {args.out}/kernels.json/.md")
     return payload

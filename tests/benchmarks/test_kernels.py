@@ -36,3 +36,10 @@ def test_main_writes_json_and_markdown(tmp_path):
     assert len(saved["rows"]) == 2 and saved["median_pct_concurrent_peak"] > 0
     assert (tmp_path / "kernels.md").read_text().startswith("# Kernel-only efficiency")
     assert payload["command"].startswith("python benchmarks/kernels.py")
+
+
+def test_order_comparison_times_the_other_loop_order_too():
+    rows = kernels.measure_layer(16, 32, 9, 1, threads=2, repeats=1, compare_orders=True)
+    for r in rows:
+        assert r["order"] in ("group", "row") and r["other_order_ms"] > 0
+        assert r["default_speedup_over_other_order"] == pytest.approx(r["other_order_ms"] / r["ms"])
