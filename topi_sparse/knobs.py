@@ -74,9 +74,11 @@ def cheaper_loop_order(input_bytes: int, weight_bytes: int, groups: int, row_til
     band of input rows hot while a thread walks the groups, so all the weights are read
     once per row of tiles: ``row_tiles * weight_bytes``. An input small enough to stay in
     a core's L2 costs little to re-read, so it keeps "group". On this host (znver5) the
-    rule picks "row" for VGG's 224x224 / 112x112 layers and ResNet's 56x56 1x1 layers
-    (1.15-1.7x faster kernels, ``benchmarks/results/kernels.md``) and "group" for the 7x7
-    stage, where "row" re-reads 2 MB of weights per row and loses 5%.
+    rule picks "row" for VGG's 224x224 / 112x112 layers (1.2-1.4x faster kernels quiet,
+    up to 1.7x with contended caches) and ResNet-50's 56x56 1x1 layers (1.14-1.38x), and
+    "group" for the 7x7 stage (1.07-1.09x over "row"); ``benchmarks/kernels.py
+    --compare-orders`` measures it. Not modelled: L1. At 9x fewer MACs a 224x224 layer's
+    group keeps so few channels that their rows stay in L1 under "group" (0.87x there).
     """
     if input_bytes <= _CACHE_RESIDENT_BYTES:
         return "group"
