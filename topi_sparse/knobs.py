@@ -53,6 +53,10 @@ def max_accumulators(lanes: int) -> int:
 def default_pattern_conv_knobs(out_width: int, lanes: int) -> PatternConvKnobs:
     """Register tile width that minimises the modelled cost of one output row.
 
+    Only the tile: the default loop order depends on the whole layer and is read off its
+    compute (:func:`cheaper_loop_order`), so ``order`` here is the dataclass default.
+    ``build_pattern_conv2d(..., knobs=None)`` applies the full default.
+
     Per entry a tile costs its ``tile`` FMAs plus ~3 instructions of fixed overhead
     (offset load, weight load, address arithmetic), and a row needs ceil(OW / tile)
     tiles; wide tiles amortise the overhead, tiles that overshoot OW waste columns.
