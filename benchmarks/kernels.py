@@ -104,6 +104,44 @@ def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats:
     return rows
 
 
+def _order_summary(rows: list[dict]) -> dict:
+    gains = [r["default_speedup_over_other_order"] for r in rows]
+    row_order = [r["default_speedup_over_other_order"] for r in rows if r["order"] == "row"]
+    return {"median": statistics.median(gains), "min": min(gains), "max": max(gains),
+            "rows_where_default_is_row": len(row_order),
+            "median_where_default_is_row": statistics.median(row_order) if row_order else None}
+
+
+def _markdown(info: dict, payload: dict, rows: list[dict], args: argparse.Namespace) -> str:
+    headers = ["layer", "sp.", "tile, order", "kernel ms", "GF/s non-zero", "FMA peak GF/s (same rounds)", "% of it"]
+    cells = [[r["layer"], r["sparsity"], f"{r['tile']} {r['order']}", f"{r['ms']:.4f}", f"{r['gflops_nonzero']:.0f}",
+              f"{r['concurrent_peak_gflops']:.0f}", f"{r['pct_concurrent_peak']:.0f}"] for r in rows]
+    order_lines = []
+    if "order_comparison" in payload:
+        headers += ["other order ms", "default vs other"]
+        for r, line in zip(rows, cells):
+            line += [f"{r['other_order_ms']:.4f}", f"{r['default_speedup_over_other_order']:.2f}x"]
+        o = payload["order_comparison"]
+        at_row = o["median_where_default_is_row"]
+        order_lines = ["", f"Loop order: the default's kernel is {o['median']:.2f}x as fast as the other "
+                           f"order's (median; {o['min']:.2f}-{o['max']:.2f}x); on the "
+                           f"{o['rows_where_default_is_row']} rows where the default picks \"row\": median "
+                           + (f"{at_row:.2f}x." if at_row is not None else "n/a.")]
+    return "\n".join([
+        "# Kernel-only efficiency of the sparse 3x3 kernels", "",
+        f"- {info['date']}, `{info['command']}`, {info['machine']['cpu']}, {args.threads} threads; "
+        f"medians of {args.repeats} interleaved repeats (each the mean of back-to-back calls "
+        ">= 50 ms), one packed-function call per run (no Relax VM), default knobs",
+        "- weights: the pruner's aligned structure, sparsity A = 4-of-9 patterns + 50% kernels "
+        f"kept, B = 25% kept; GF/s counts the non-zero MACs only; every kernel's output is "
+        f"checked against torch's dense conv (relative error <= {MAX_REL_ERROR:g}) before timing",
+        "- a diagnostic for kernel work; the end-to-end figures of issue 3 are `layers.md`", "",
+        _common.md_table(headers, cells), "",
+        f"Median over {len(rows)} rows: {payload['median_gflops_nonzero']:.0f} GFLOP/s non-zero, "
+        f"{payload['median_pct_concurrent_peak']:.1f}% of the FMA peak timed in the same rounds (the layer "
+        f"benchmark's goal for end-to-end figures: {GOAL_PCT:.0f}%).", *order_lines])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -128,36 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {**info, "rows": rows, "median_pct_concurrent_peak": median_pct,
                "median_gflops_nonzero": median_gflops, "goal_pct": GOAL_PCT,
                "wall_s": round(time.perf_counter() - start, 1)}
-    headers = ["layer", "sp.", "tile, order", "kernel ms", "GF/s non-zero", "FMA peak GF/s (same rounds)", "% of it"]
-    cells = [[r["layer"], r["sparsity"], f"{r['tile']} {r['order']}", f"{r['ms']:.4f}", f"{r['gflops_nonzero']:.0f}",
-              f"{r['concurrent_peak_gflops']:.0f}", f"{r['pct_concurrent_peak']:.0f}"] for r in rows]
-    order_lines = []
     if args.compare_orders:
-        headers += ["other order ms", "default vs other"]
-        for r, line in zip(rows, cells):
-            line += [f"{r['other_order_ms']:.4f}", f"{r['default_speedup_over_other_order']:.2f}x"]
-        gains = [r["default_speedup_over_other_order"] for r in rows]
-        row_order = [r["default_speedup_over_other_order"] for r in rows if r["order"] == "row"]
-        payload["order_comparison"] = {"median": statistics.median(gains), "min": min(gains), "max": max(gains),
-                                       "median_where_default_is_row": statistics.median(row_order) if row_order else None}
-        order_lines = ["", f"Loop order: the default's kernel is {statistics.median(gains):.2f}x as fast as the "
-                           f"other order's (median; {min(gains):.2f}-{max(gains):.2f}x); on the {len(row_order)} rows "
-                           f"where the default picks \"row\": median "
-                           + (f"{statistics.median(row_order):.2f}x." if row_order else "n/a.")]
-    table = _common.md_table(headers, cells)
-    markdown = "\n".join([
-        "# Kernel-only efficiency of the sparse 3x3 kernels", "",
-        f"- {info['date']}, `{info['command']}`, {info['machine']['cpu']}, {args.threads} threads; "
-        f"medians of {args.repeats} interleaved repeats (each the mean of back-to-back calls "
-        ">= 50 ms), one packed-function call per run (no Relax VM), default knobs",
-        "- weights: the pruner's aligned structure, sparsity A = 4-of-9 patterns + 50% kernels "
-        f"kept, B = 25% kept; GF/s counts the non-zero MACs only; every kernel's output is "
-        f"checked against torch's dense conv (relative error <= {MAX_REL_ERROR:g}) before timing",
-        "- a diagnostic for kernel work; the end-to-end figures of issue 3 are `layers.md`", "",
-        table, "",
-        f"Median over {len(rows)} rows: {median_gflops:.0f} GFLOP/s non-zero, "
-        f"{median_pct:.1f}% of the FMA peak timed in the same rounds (the layer benchmark's goal "
-        f"for end-to-end figures: {GOAL_PCT:.0f}%).", *order_lines])
+        payload["order_comparison"] = _order_summary(rows)
+    markdown = _markdown(info, payload, rows, args)
     _common.write_results(args.out, "kernels", payload, markdown)
     print(f"median {median_gflops:.0f} GF/s, {median_pct:.1f}% of concurrent peak; wrote {args.out}/kernels.json/.md")
     return payload

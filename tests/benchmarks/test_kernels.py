@@ -43,3 +43,9 @@ def test_order_comparison_times_the_other_loop_order_too():
     for r in rows:
         assert r["order"] in ("group", "row") and r["other_order_ms"] > 0
         assert r["default_speedup_over_other_order"] == pytest.approx(r["other_order_ms"] / r["ms"])
+
+
+def test_main_with_order_comparison_summarises_it(tmp_path):
+    payload = kernels.main(["--limit", "1", "--repeats", "1", "--compare-orders", "--out", str(tmp_path)])
+    assert payload["order_comparison"]["min"] <= payload["order_comparison"]["median"] <= payload["order_comparison"]["max"]
+    assert "Loop order: the default's kernel is" in (tmp_path / "kernels.md").read_text()
