@@ -305,9 +305,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_source_args(tu)
     tu.add_argument("--trials", type=int, default=200,
                     help="distinct schedules to measure (counting what the log holds)")
-    tu.add_argument("--confirm-rounds", type=int, default=2,
-                    help="after the search, measure each kernel's 3 fastest schedules and its default this many "
-                    "more times (compile applies the best median; the default unless beaten by 3%%)")
+    from relay_passes import CHOICE_MARGIN
+
+    from .tuning import CONFIRM_CANDIDATES, CONFIRM_ROUNDS
+
+    tu.add_argument("--confirm-rounds", type=int, default=CONFIRM_ROUNDS,
+                    help=f"after the search, measure each kernel's {CONFIRM_CANDIDATES} fastest schedules and its "
+                    "default this many more times (compile applies the best median; the default unless beaten "
+                    f"by {CHOICE_MARGIN * 100:.0f}%%)")
     tu.add_argument("--log", help="log folder (default autotune_logs/<device>)")
     tu.add_argument("--tracker", help="HOST:PORT of a TVM RPC tracker (default: measure on this machine)")
     tu.add_argument("--key", help="device key on the tracker (e.g. hikey970)")
