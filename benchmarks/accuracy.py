@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip the compiled-model agreement check")
     p.add_argument("--baseline-dir", type=Path, help="reuse <model>.pt baselines here, or save them here")
     p.add_argument("--assets", type=Path, help="also save each model's baseline and its best net at the first ratio here")
+    p.add_argument("--checkpoint-dir", type=Path,
+                   help="save each variant's training state here after every epoch; a rerun of the same "
+                        "command resumes where a killed run stopped (finished variants replay in seconds)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--note", action="append", default=[], help="a line for the results (repeatable)")
@@ -110,16 +113,22 @@ def get_baseline(name: str, args: argparse.Namespace, train: ImageData, test: Im
     return model.eval(), record
 
 
-def finetune_config(args: argparse.Namespace, teacher: torch.nn.Module | None = None, epochs: int = 10) -> TrainConfig:
+def finetune_config(args: argparse.Namespace, variant: str, teacher: torch.nn.Module | None = None,
+                    epochs: int = 10) -> TrainConfig:
     """The one fine-tuning recipe of every variant; ``prune`` makes its own teacher (a frozen
-    copy of the model it is given), the alternatives get ``teacher``."""
+    copy of the model it is given), the alternatives get ``teacher``. ``variant`` names the
+    run's checkpoint folder (with ``--checkpoint-dir``)."""
+    checkpoint = None
+    if args.checkpoint_dir is not None:  # the epochs and seed in the name: a changed command starts afresh
+        checkpoint = args.checkpoint_dir / f"{variant}_{args.prune_epochs}ep_seed{args.seed}"
     return TrainConfig(epochs=epochs, lr=args.finetune_lr, distill=args.distill, temperature=TEMPERATURE,
-                       teacher=teacher if args.distill else None, progress=sys.stderr.isatty())
+                       teacher=teacher if args.distill else None, progress=sys.stderr.isatty(),
+                       checkpoint_dir=checkpoint)
 
 
-def run_ours(model, schedule: str, ratio: float, args, train: ImageData, test: ImageData):
+def run_ours(model, schedule: str, ratio: float, args, train: ImageData, test: ImageData, name: str = "model"):
     start = time.perf_counter()
-    config = finetune_config(args)
+    config = finetune_config(args, f"{name}_{ratio:g}x_{schedule}")
     pruned, report = prune(
         model, target=args.target, data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed),
         schedule=schedule, ratio=ratio, epochs=args.prune_epochs, train_config=config,
@@ -132,22 +141,24 @@ def run_ours(model, schedule: str, ratio: float, args, train: ImageData, test: I
     return pruned, report, record
 
 
-def run_unstructured(model, report, args, train: ImageData, test: ImageData) -> dict[str, Any]:
+def run_unstructured(model, report, args, train: ImageData, test: ImageData, variant: str = "unstructured"
+                     ) -> dict[str, Any]:
     start = time.perf_counter()
     pruned = unstructured_like(model, report)
     fit(pruned, train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed),
-        finetune_config(args, frozen_copy(model), args.prune_epochs), description="unstructured")
+        finetune_config(args, variant, frozen_copy(model), args.prune_epochs), description="unstructured")
     recalibrate_batch_norm(pruned, train.loader(args.batch_size, shuffle=True, seed=args.seed))  # as prune() does
     dense, nonzero_macs = _nonzero_conv_macs(pruned, train.normalise(train.images[:1]))
     return {"method": "unstructured magnitude", "mac_reduction": round(dense / nonzero_macs, 3),
             "top1": evaluate(pruned, test.loader(1000)), "wall_s": round(time.perf_counter() - start, 1)}
 
 
-def run_filter(model, ratio: float, args, train: ImageData, test: ImageData) -> dict[str, Any]:
+def run_filter(model, ratio: float, args, train: ImageData, test: ImageData, variant: str = "filter"
+               ) -> dict[str, Any]:
     start = time.perf_counter()
     pruned, reached = filter_prune(model, ratio, train.normalise(train.images[:64]))
     fit(pruned, train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed),
-        finetune_config(args, frozen_copy(model), args.prune_epochs), description="filter")
+        finetune_config(args, variant, frozen_copy(model), args.prune_epochs), description="filter")
     recalibrate_batch_norm(pruned, train.loader(args.batch_size, shuffle=True, seed=args.seed))  # as prune() does
     return {"method": "filter (L1 channels)", "mac_reduction": round(reached, 3),
             "top1": evaluate(pruned, test.loader(1000)), "wall_s": round(time.perf_counter() - start, 1)}
@@ -231,18 +242,20 @@ def run_model(name: str, args, train, test, payload, start) -> None:
     for ratio in [float(r) for r in args.ratios.split(",")]:
         best = None  # our most accurate net at this ratio: the alternatives match its MACs
         for schedule in filter(None, args.schedules.split(",")):
-            pruned, report, row = run_ours(model, schedule, ratio, args, train, test)
+            pruned, report, row = run_ours(model, schedule, ratio, args, train, test, name)
             entry["rows"].append({"ratio": ratio, **row})
             write(payload, args, start)
             if best is None or row["top1"] > best[3]["top1"]:
                 best = (ratio, pruned, report, row)
         alternatives = [a for a in args.alternatives.split(",") if a]
         if "unstructured" in alternatives and best is not None:
-            entry["rows"].append({"ratio": ratio, **run_unstructured(model, best[2], args, train, test)})
+            entry["rows"].append({"ratio": ratio, **run_unstructured(model, best[2], args, train, test,
+                                                                        f"{name}_{ratio:g}x_unstructured")})
             write(payload, args, start)
         if "filter" in alternatives:  # at least as few MACs as ours reached (>= the target)
             reached = best[3]["mac_reduction"] if best is not None else ratio
-            entry["rows"].append({"ratio": ratio, **run_filter(model, reached, args, train, test)})
+            entry["rows"].append({"ratio": ratio, **run_filter(model, reached, args, train, test,
+                                                                  f"{name}_{ratio:g}x_filter")})
             write(payload, args, start)
         if best is not None and not args.no_compile:
             entry["compiled"].append({"ratio": ratio, "schedule": best[3]["schedule"],

@@ -108,6 +108,13 @@ class BatchLoader:
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shuffle generator's state: a resumed training run sees the same batches."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.data)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)

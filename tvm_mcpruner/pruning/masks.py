@@ -135,7 +135,7 @@ def load_pruned_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]
         if not hasattr(module, name + "_mask"):
             apply_mask(module, name, mask)
     model.load_state_dict(state_dict, strict=strict)
-    _refresh_pruned_tensors(model)
+    refresh_pruned_tensors(model)
     return model
 
 
@@ -143,7 +143,7 @@ def _pruning_hooks(module: nn.Module) -> list[torch_prune.BasePruningMethod]:
     return [h for h in module._forward_pre_hooks.values() if isinstance(h, torch_prune.BasePruningMethod)]
 
 
-def _refresh_pruned_tensors(model: nn.Module) -> None:
+def refresh_pruned_tensors(model: nn.Module) -> None:
     # The pruned attribute (e.g. ``weight``) is a plain tensor recomputed by the hook at
     # each forward; recompute it now so it matches the loaded orig/mask before any forward.
     for module in model.modules():
@@ -169,7 +169,7 @@ def deepcopy_model(model: nn.Module) -> nn.Module:
     finally:
         for module, name, tensor in saved:
             setattr(module, name, tensor)
-    _refresh_pruned_tensors(copied)
+    refresh_pruned_tensors(copied)
     return copied
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -106,30 +106,48 @@ def _iterative(model: nn.Module, plan: PrunePlan, apply_plan: ApplyPlan, data: B
     targets = {name: plan.keeps[name] for name in plan.eligible}
     pruning_epochs, _ = _split_epochs(epochs)
     per_epoch = len(data) if hasattr(data, "__len__") else 0
-    interval = max(1, per_epoch // UPDATES_PER_EPOCH) if per_epoch else 0
-    updates = pruning_epochs * (per_epoch // interval) if interval else pruning_epochs
-    ramp = {name: gradual_keeps(keep, updates) for name, keep in targets.items()}
-    done = steps = 0
-
-    def tighten() -> None:
-        nonlocal done
-        if done < updates:
-            plan.keeps.update({name: keeps[done] for name, keeps in ramp.items()})
-            apply_plan(plan, check=False)
-            done += 1
-
-    def on_step() -> None:
-        nonlocal steps
-        steps += 1
-        if steps % interval == 0:
-            tighten()
-
+    ramp = _KeepRamp(plan, apply_plan, targets, pruning_epochs, per_epoch)
     plan.keeps.update({name: 1.0 for name in targets})
     apply_plan(plan, check=False)  # the pattern first, every kernel kept
     fit(model, data, replace(config, epochs=epochs, history=config.history), description="iterative",
-        on_step=on_step if interval else None, on_epoch_end=None if interval else lambda _epoch: tighten())
+        on_step=ramp.on_step if ramp.interval else None,
+        on_epoch_end=None if ramp.interval else lambda _epoch: ramp.tighten(), resumable=[ramp])
     plan.keeps.update(targets)
     return apply_plan(plan)  # the ramp already reached the targets: same masks, their pattern ids
+
+
+class _KeepRamp:
+    """The iterative schedule's mask updates: kept shares fall from 1 to each layer's
+    target on :func:`gradual_keeps` over ``pruning_epochs``, one update every
+    1/UPDATES_PER_EPOCH epoch (every epoch when the data has no length)."""
+
+    def __init__(self, plan: PrunePlan, apply_plan: ApplyPlan, targets: dict[str, float], pruning_epochs: int,
+                 per_epoch: int) -> None:
+        self.plan, self.apply_plan = plan, apply_plan
+        self.interval = max(1, per_epoch // UPDATES_PER_EPOCH) if per_epoch else 0
+        self.updates = pruning_epochs * (per_epoch // self.interval) if self.interval else pruning_epochs
+        self.ramp = {name: gradual_keeps(keep, self.updates) for name, keep in targets.items()}
+        self.done = self.steps = 0
+
+    def tighten(self) -> None:
+        if self.done < self.updates:
+            self.plan.keeps.update({name: keeps[self.done] for name, keeps in self.ramp.items()})
+            self.apply_plan(self.plan, check=False)
+            self.done += 1
+
+    def on_step(self) -> None:
+        self.steps += 1
+        if self.steps % self.interval == 0:
+            self.tighten()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"done": self.done, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Counters back; the masks themselves come back with the model's state."""
+        self.done, self.steps = int(state["done"]), int(state["steps"])
+        if self.done:
+            self.plan.keeps.update({name: keeps[self.done - 1] for name, keeps in self.ramp.items()})
 
 
 class AdmmState:
@@ -163,6 +181,13 @@ class AdmmState:
             self.z[name] = self.project(name, weight + self.u[name])
             self.u[name] += weight - self.z[name]
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"rho": self.rho, "z": dict(self.z), "u": dict(self.u)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rho = float(state["rho"])
+        self.z, self.u = dict(state["z"]), dict(state["u"])
+
     def distance(self) -> float:
         """How far W is from the sparsity set: sum ||W - proj(W)||^2 / sum ||W||^2."""
         num = den = 0.0
@@ -190,8 +215,7 @@ def _admm(model: nn.Module, plan: PrunePlan, apply_plan: ApplyPlan, data: Batche
         state.rho *= growth
 
     fit(model, data, replace(config, epochs=admm_epochs, lr_schedule="constant", history=config.history),
-        penalty=state.penalty,
-        on_epoch_end=epoch_end, description="admm")
+        penalty=state.penalty, on_epoch_end=epoch_end, description="admm", resumable=[state])
     pattern_ids = apply_plan(plan)  # hard prune: W projected onto S
     fit(model, data, replace(config, epochs=retrain_epochs, history=config.history), description="retrain")
     return pattern_ids

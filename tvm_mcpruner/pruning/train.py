@@ -11,12 +11,17 @@ stays exactly zero everywhere, not just in the forward pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
+
+from .masks import refresh_pruned_tensors
 
 __all__ = [
     "TrainConfig", "distillation_loss", "enforce_masks", "evaluate", "fit", "train_epoch", "predict",
@@ -28,6 +33,15 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 Penalty = Callable[[nn.Module], torch.Tensor]
 # Called after every optimizer step (the iterative schedule tightens masks from here).
 StepHook = Callable[[], None]
+
+
+class Resumable(Protocol):
+    """State that a checkpoint must carry besides the model and optimizer (a schedule's
+    counters, ADMM's Z and U, a loader's shuffle generator)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -53,6 +67,12 @@ class TrainConfig:
     temperature: float = 4.0
     teacher: nn.Module | None = field(default=None, repr=False, compare=False)
     history: list[dict[str, float]] = field(default_factory=list)
+    # Resumable training: with a directory, every ``fit`` call saves its whole state to
+    # ``<checkpoint_dir>/<description>.pt`` after each epoch (atomically), and a later
+    # call with the same description continues after the last saved epoch -- a run that
+    # was killed loses at most one epoch. A finished call's file stays, so re-running a
+    # whole pruning schedule replays finished phases from their files in seconds.
+    checkpoint_dir: Path | str | None = None
 
 
 def _masked_params(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -168,7 +188,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
 def fit(
     model: nn.Module, train: Batches, config: TrainConfig, test: Batches | None = None,
     penalty: Penalty | None = None, on_epoch_end: Callable[[int], None] | None = None,
-    description: str = "epoch", on_step: StepHook | None = None,
+    description: str = "epoch", on_step: StepHook | None = None, resumable: Sequence[Resumable] = (),
 ) -> nn.Module:
     """Train ``config.epochs`` epochs (cosine LR to 0 by default), masks held; logs to ``config.history``.
 
@@ -176,6 +196,9 @@ def fit(
     runs after each epoch (the ADMM Z/U updates hook in here), ``on_step()`` after each
     optimizer step; ``config.distill`` with ``config.teacher`` adds distillation.
     With ``test``, each epoch's test accuracy is recorded and shown on the bar.
+    With ``config.checkpoint_dir`` the call resumes from and saves to its checkpoint
+    (see :class:`TrainConfig`); ``resumable`` lists the callers' state that must travel
+    with it (``train`` is added when it has ``state_dict``, as :class:`~tvm_mcpruner.data.BatchLoader` does).
     """
     if config.epochs <= 0:
         return model
@@ -187,8 +210,12 @@ def fit(
     if steps and config.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    checkpoint = _Checkpoint(config, description, model, optimizer, scheduler,
+                             [*resumable, *([train] if hasattr(train, "state_dict") else [])])
+    first = checkpoint.restore()
     enforce_masks(model, optimizer)
-    bar = _progress(range(config.epochs), config.progress, desc=description)
+    bar = _progress(range(first, config.epochs), config.progress, desc=description, initial=first,
+                    total=config.epochs)
     for epoch in bar:
         stats = train_epoch(model, train, optimizer, scheduler, penalty, config.label_smoothing,
                             progress=config.progress, description=f"{description} {epoch + 1}",
@@ -199,9 +226,69 @@ def fit(
         if test is not None:
             stats["test_accuracy"] = evaluate(model, test)
         config.history.append({"epoch": epoch + 1, **stats})
+        checkpoint.save(epoch + 1)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix({k: round(v, 4) for k, v in stats.items()})
     return model
+
+
+class _Checkpoint:
+    """One ``fit`` call's state in ``<checkpoint_dir>/<description>.pt``: model, optimizer,
+    LR scheduler, torch's RNG, the ``resumable`` objects, the epochs done and the history
+    entries this call added. Saved atomically (write, then rename) so a kill mid-save
+    leaves the previous epoch's file whole."""
+
+    VERSION = 1
+
+    def __init__(self, config: TrainConfig, description: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, resumable: Sequence[Resumable]) -> None:
+        self.config = config
+        self.path = None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / f"{description}.pt"
+        self.description = description
+        self.model, self.optimizer, self.scheduler, self.resumable = model, optimizer, scheduler, resumable
+        self.history_start = len(config.history)
+
+    def restore(self) -> int:
+        """Load the saved state if there is one; the number of epochs it had done (0 without)."""
+        if self.path is None or not self.path.exists():
+            return 0
+        try:
+            state = torch.load(self.path, weights_only=True)
+        except Exception as err:  # a truncated or foreign file: say which, never train over it silently
+            raise ValueError(f"checkpoint {self.path} cannot be read ({err}); move it away to start afresh") from None
+        expected = {"version": self.VERSION, "description": self.description, "epochs": self.config.epochs}
+        found = {key: state.get(key) for key in expected}
+        if found != expected:
+            raise ValueError(f"checkpoint {self.path} belongs to another training run ({found}, this one is "
+                             f"{expected}); use another checkpoint_dir or move the file away")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ValueError(f"checkpoint {self.path} does not fit this model: {err}") from None
+        refresh_pruned_tensors(self.model)  # a finished run replays with no forward to do it
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for item, item_state in zip(self.resumable, state["resumable"], strict=True):
+            item.load_state_dict(item_state)
+        torch.set_rng_state(state["rng"])
+        self.config.history.extend(state["history"])
+        return int(state["epoch"])
+
+    def save(self, epoch: int) -> None:
+        if self.path is None:
+            return
+        state = {
+            "version": self.VERSION, "description": self.description, "epochs": self.config.epochs, "epoch": epoch,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "resumable": [item.state_dict() for item in self.resumable], "rng": torch.get_rng_state(),
+            "history": self.config.history[self.history_start:],
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        torch.save(state, partial)
+        os.replace(partial, self.path)
 
 
 @torch.no_grad()

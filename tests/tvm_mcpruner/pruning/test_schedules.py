@@ -301,3 +301,79 @@ def test_iterative_tightens_masks_gradually_inside_one_run():
     assert len(set(kept[32:])) == 1, "then the final masks train"
     assert len(report.pruned_layers) == 4, "the 1x1 conv was not dropped by a mild early step"
     check_aligned(pruned[3].weight, LANES, 4, 0.25)
+
+
+class Killed(Exception):
+    pass
+
+
+class ShuffledBatches:
+    """A re-iterable, freshly shuffled per pass from its own generator (like BatchLoader),
+    that can be told to die after ``fail_after`` batches (a killed training run)."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        batches = synthetic_batches()
+        self.images = torch.cat([images for images, _ in batches])
+        self.labels = torch.cat([labels for _, labels in batches])
+        self.generator = torch.Generator().manual_seed(1)
+        self.fail_after = fail_after
+        self.served = 0
+
+    def __len__(self) -> int:
+        return len(self.labels) // 64
+
+    def __iter__(self):
+        order = torch.randperm(len(self.labels), generator=self.generator)
+        for start in range(0, len(order), 64):
+            if self.fail_after is not None and self.served == self.fail_after:
+                raise Killed
+            self.served += 1
+            yield self.images[order[start:start + 64]], self.labels[order[start:start + 64]]
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+
+
+@pytest.mark.parametrize("schedule", ["iterative", "admm"])
+def test_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, schedule):
+    torch.set_num_threads(1)  # bitwise repeatable CPU training
+    base = trained_net()
+
+    def run(data, checkpoint_dir):
+        config = TrainConfig(lr=0.02, progress=False, distill=0.5, checkpoint_dir=checkpoint_dir)
+        return prune(base, target="hikey970-cpu", data=data, schedule=schedule, ratio=3, epochs=4,
+                     train_config=config)
+
+    reference, reference_report = run(ShuffledBatches(), None)
+    # killed in the third epoch (admm: in its retrain phase; iterative: after the ramp)
+    with pytest.raises(Killed):
+        run(ShuffledBatches(fail_after=2 * 8 + 3), tmp_path)
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert saved == (["admm.pt"] if schedule == "admm" else ["iterative.pt"])
+    resumed, report = run(ShuffledBatches(), tmp_path)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert report.mac_reduction == reference_report.mac_reduction
+    # a finished run replays from its files without training again (it still reads a
+    # batch or two for sensitivity and the epoch of BatchNorm re-estimation)
+    data = ShuffledBatches()
+    replayed, _ = run(data, tmp_path)
+    assert data.served <= 8 + 2
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, replayed.state_dict()[name]), name
+
+
+def test_checkpoint_of_another_run_is_refused_not_overwritten(tmp_path):
+    model = small_net()
+    fit(model, synthetic_batches(), TrainConfig(epochs=1, progress=False, checkpoint_dir=tmp_path))
+    before = (tmp_path / "epoch.pt").read_bytes()
+    with pytest.raises(ValueError, match="belongs to another training run"):
+        fit(small_net(), synthetic_batches(), TrainConfig(epochs=3, progress=False, checkpoint_dir=tmp_path))
+    (tmp_path / "other.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        fit(small_net(), synthetic_batches(), TrainConfig(epochs=1, progress=False, checkpoint_dir=tmp_path),
+            description="other")
+    assert (tmp_path / "epoch.pt").read_bytes() == before
