@@ -324,6 +324,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="use the tuning database as it is (tasks short of the budget are listed in the results)")
     p.add_argument("--quick", action="store_true", help="3 small layers, untuned TVM unless --tune-trials")
     p.add_argument("--limit", type=int, default=None, help="only the first N layers (debugging)")
+    p.add_argument("--only", default=None, help="only layers whose label contains this text, e.g. '3x3/s2'")
     p.add_argument("--autotune-root", type=Path, default=C.REPO_ROOT / "autotune_logs")
     p.add_argument("--out", type=Path, default=C.REPO_ROOT / "benchmarks" / "results")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -340,6 +341,8 @@ def selected_layers(args: argparse.Namespace) -> list[SuiteLayer]:
     layers = discover_layers(suites)
     if args.quick:
         layers = [lay for lay in quick_layers(discover_layers(["3x3", "1x1"])) if lay.suite in suites]
+    if args.only:
+        layers = [lay for lay in layers if args.only in lay.shape.label]
     return layers[: args.limit] if args.limit else layers
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LOOP_ORDERS", "PatternConvKnobs", "cheaper_loop_order", "default_pattern_conv_knobs",
+__all__ = ["LOOP_ORDERS", "MAX_UNROLL_ENTRIES", "PatternConvKnobs", "cheaper_loop_order", "default_pattern_conv_knobs",
            "max_accumulators"]
 
 # Accumulator vectors a register tile may use: the ISA's vector registers minus the
 # weight vector and a little slack for the compiler (AVX-512 and NEON have 32, AVX2 16).
 _MAX_ACCUMULATORS = {16: 28, 8: 13, 4: 24}
 _ENTRY_OVERHEAD = 3
+# Largest entry-loop unroll depth the design space samples.
+MAX_UNROLL_ENTRIES = 4
 # Which of (filter group, output row tile) is the outer loop of the parallel nest:
 # "group" keeps one group's weights hot while a thread walks rows, "row" keeps a band
 # of input rows hot while it walks groups.
@@ -30,6 +32,11 @@ class PatternConvKnobs:
     tile_h: output rows per register tile (accumulators = tile_h * tile_w vectors).
     order: loop order of the parallel nest, one of :data:`LOOP_ORDERS`.
     vectorize_store: write the transposed tile out with vector stores along columns.
+    unroll_store: unroll the write-out over the tile's lanes too, so that the compiler
+        sees the whole tile at constant indices and can transpose it in registers
+        (shuffles) instead of reloading it element by element.
+    unroll_entries: unroll depth of the entry loop (it must divide the layer's entries;
+        the design space samples 1, 2 and 4 where they divide).
     """
 
     lanes: int
@@ -37,12 +44,16 @@ class PatternConvKnobs:
     vectorize_store: bool = True
     tile_h: int = 1
     order: str = "group"
+    unroll_store: bool = False
+    unroll_entries: int = 1
 
     def __post_init__(self) -> None:
         if self.order not in LOOP_ORDERS:
             raise ValueError(f"order must be one of {LOOP_ORDERS}, got {self.order!r}")
         if self.tile_w < 1 or self.tile_h < 1:
             raise ValueError(f"tile sizes must be >= 1, got tile_w={self.tile_w} tile_h={self.tile_h}")
+        if self.unroll_entries < 1:
+            raise ValueError(f"unroll_entries must be >= 1, got {self.unroll_entries}")
 
 
 def max_accumulators(lanes: int) -> int:

@@ -53,7 +53,7 @@ def test_random_points_of_every_design_space_match_torch(c, o, h, wd, stride, pa
     kernel = _kernel(x, w, stride, padding, lanes)
     ref = torch_reference(x, w, None, stride=stride, padding=padding, clip=(0.0, None))
     spaces = topi_sparse.pattern_conv2d_design_spaces(s_tir.Schedule(kernel.compute, seed=seed), "x86")
-    assert len(spaces) == 4  # loop order x store style
+    assert len(spaces) == 8  # loop order x column store x lanes unrolled
     for space in spaces:
         assert_close(_run(space.mod["main"], kernel, x), ref)
 
@@ -71,13 +71,18 @@ def test_default_schedule_is_a_point_of_the_space():
     assert [kernel.knobs.tile_w] == [d[-1] for d in _decisions(default)][:1]
 
 
-@pytest.mark.parametrize("tile_h,order,store", [(2, "row", True), (2, "group", False), (1, "row", False)])
-def test_fixed_knobs_match_torch(tile_h, order, store):
+@pytest.mark.parametrize("tile_h,order,store,unroll_store,unroll_entries", [
+    (2, "row", True, False, 1), (2, "group", False, True, 2), (1, "row", False, False, 4), (1, "group", True, True, 3),
+])
+def test_fixed_knobs_match_torch(tile_h, order, store, unroll_store, unroll_entries):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 6, 12, 14)).astype(np.float32)
     w = make_weight(rng, 24, 6, 3, 3, 8, "aligned", 0.5)
     kernel = _kernel(x, w, 1, 1, 8)
-    knobs = PatternConvKnobs(lanes=8, tile_w=7, tile_h=tile_h, order=order, vectorize_store=store)
+    if kernel.shape.entries % unroll_entries:
+        unroll_entries = 1
+    knobs = PatternConvKnobs(lanes=8, tile_w=7, tile_h=tile_h, order=order, vectorize_store=store,
+                             unroll_store=unroll_store, unroll_entries=unroll_entries)
     func = topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", knobs)
     ref = torch_reference(x, w, None, stride=1, padding=1, clip=(0.0, None))
     assert_close(_run(func, kernel, x), ref)
@@ -116,3 +121,6 @@ def test_tile_that_does_not_divide_the_padded_width_is_refused():
         topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", PatternConvKnobs(lanes=8, tile_w=5))
     with pytest.raises(ValueError, match="order"):
         PatternConvKnobs(lanes=8, tile_w=2, order="diagonal")
+    with pytest.raises(ValueError, match="unroll_entries"):
+        topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86",
+                                            PatternConvKnobs(lanes=8, tile_w=7, unroll_entries=kernel.shape.entries + 1))
