@@ -21,6 +21,8 @@ medians, same threads) and the headroom ``index ms / ablation ms``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -60,6 +62,41 @@ def aligned_weight(rng: np.random.Generator, o: int, c: int, lanes: int, keep: f
     return w
 
 
+@dataclasses.dataclass
+class PreparedKernel:
+    """One layer's default-scheduled kernel on an aligned random weight, with its operands."""
+
+    weight: np.ndarray
+    packed: object  # its PatternSparseWeight
+    kernel: topi_sparse.PatternConvKernel
+    x: np.ndarray
+    operands: list  # tvm tensors (data, values, offsets)
+    out: object  # tvm tensor of the output's shape
+
+
+def prepare_kernel(c: int, o: int, size: int, stride: int, seed: int, keep: float = KEEP,
+                   knobs_change: dict | None = None) -> PreparedKernel:
+    """Weight, kernel (default knobs, or these fields of them replaced) and operands, drawn
+    from one generator seeded with ``seed`` (weight first, then the input)."""
+    rng = np.random.default_rng(seed)
+    lanes = _common.mcp.get_preset("host").vector_width
+    w = aligned_weight(rng, o, c, lanes, keep=keep)
+    packed = pack_pattern_weights(w, lanes)
+    build = functools.partial(
+        topi_sparse.build_pattern_conv2d,
+        (1, c, size, size), w.shape, packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
+        stride=stride, padding=(1, 1, 1, 1), family="x86",
+    )
+    kernel = build()
+    if knobs_change:
+        kernel = build(knobs=dataclasses.replace(kernel.knobs, **knobs_change))
+    x = rng.standard_normal(kernel.input_shape).astype(np.float32)
+    dev = tvm.cpu()
+    operands = [tvm.runtime.tensor(a, dev) for a in (x, kernel.values, kernel.offsets)]
+    out = tvm.runtime.tensor(np.zeros(kernel.output_shape, np.float32), dev)
+    return PreparedKernel(w, packed, kernel, x, operands, out)
+
+
 def ablation_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc:
     """The same compute and schedule, offsets from a closed form instead of a buffer."""
     shape, tile = kernel.shape, kernel.knobs.tile_w
@@ -74,19 +111,9 @@ def ablation_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc:
 
 
 def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats: int) -> dict:
-    rng = np.random.default_rng(c * 1000 + size)
-    lanes = _common.mcp.get_preset("host").vector_width
-    w = aligned_weight(rng, o, c, lanes)
-    packed = pack_pattern_weights(w, lanes)
-    kernel = topi_sparse.build_pattern_conv2d(
-        (1, c, size, size), w.shape, packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
-        stride=stride, padding=(1, 1, 1, 1), family="x86",
-    )
+    prepared = prepare_kernel(c, o, size, stride, seed=c * 1000 + size)
+    kernel, operands, out = prepared.kernel, prepared.operands, prepared.out
     target = _common.host_target()
-    x = rng.standard_normal((1, c, size, size)).astype(np.float32)
-    dev = tvm.cpu()
-    operands = [tvm.runtime.tensor(a, dev) for a in (x, kernel.values, kernel.offsets)]
-    out = tvm.runtime.tensor(np.zeros(kernel.output_shape, np.float32), dev)
     libs = {
         "index buffer": tvm.compile(tvm.IRModule({"main": kernel.func}), target=target),
         "ablation: no index loads": tvm.compile(tvm.IRModule({"main": ablation_primfunc(kernel)}), target=target),
@@ -94,7 +121,7 @@ def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats:
     runners = {name: (lambda lib=lib: lib(*operands, out)) for name, lib in libs.items()}
     times = _common.time_interleaved(runners, repeats=repeats)
     ms = {name: statistics.median(t) for name, t in times.items()}
-    flops = 2 * packed.stored_macs_per_pixel * kernel.shape.out_height * kernel.shape.out_width
+    flops = 2 * prepared.packed.stored_macs_per_pixel * kernel.shape.out_height * kernel.shape.out_width
     return {
         "layer": f"{c}->{o} @{size} s{stride}", "tile_w": kernel.knobs.tile_w,
         "entries_per_group": kernel.shape.entries, "ms": ms,

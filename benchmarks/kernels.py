@@ -21,8 +21,6 @@ Writes ``kernels.json`` + ``.md``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import statistics
 import sys
 import time
@@ -36,10 +34,8 @@ import torch  # noqa: E402
 import tvm  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import topi_sparse  # noqa: E402
-from kernel_variants import aligned_weight  # noqa: E402
+from kernel_variants import prepare_kernel  # noqa: E402
 from layers import SPARSITIES, discover_layers  # noqa: E402
-from tvm_mcpruner.sparse_format import pack_pattern_weights  # noqa: E402
 
 GOAL_PCT = 55.0
 MAX_REL_ERROR = 1e-4  # against torch's dense conv on the same weights (fp32 sums in another order)
@@ -49,24 +45,13 @@ def _kernel_runner(c: int, o: int, size: int, stride: int, keep: float, seed: in
                    other_order: bool = False):
     """(runner, non-zero FLOPs per call, knobs) of one layer's default-scheduled kernel, or,
     with ``other_order``, of the same kernel with the loop order the default did not pick."""
-    rng = np.random.default_rng(seed)
-    lanes = _common.mcp.get_preset("host").vector_width
-    w = aligned_weight(rng, o, c, lanes, keep=keep)
-    packed = pack_pattern_weights(w, lanes)
-    build = functools.partial(
-        topi_sparse.build_pattern_conv2d,
-        (1, c, size, size), w.shape, packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
-        stride=stride, padding=(1, 1, 1, 1), family="x86",
-    )
-    kernel = build()
+    prepared = prepare_kernel(c, o, size, stride, seed, keep=keep)
     if other_order:
-        flipped = next(order for order in topi_sparse.LOOP_ORDERS if order != kernel.knobs.order)
-        kernel = build(knobs=dataclasses.replace(kernel.knobs, order=flipped))
+        # the default picks "group" or "row" (topi_sparse.cheaper_loop_order): time the other one
+        flipped = "row" if prepared.kernel.knobs.order == "group" else "group"
+        prepared = prepare_kernel(c, o, size, stride, seed, keep=keep, knobs_change={"order": flipped})
+    kernel, operands, out, x, w = prepared.kernel, prepared.operands, prepared.out, prepared.x, prepared.weight
     lib = tvm.compile(tvm.IRModule({"main": kernel.func}), target=_common.host_target())
-    dev = tvm.cpu()
-    x = rng.standard_normal(kernel.input_shape).astype(np.float32)
-    operands = [tvm.runtime.tensor(a, dev) for a in (x, kernel.values, kernel.offsets)]
-    out = tvm.runtime.tensor(np.zeros(kernel.output_shape, np.float32), dev)
     lib(*operands, out)
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=stride, padding=1)
     error = _common.rel_error(out.numpy(), ref.numpy())

@@ -4,10 +4,10 @@ The register tile is ``tile_h`` output rows x ``tile_w`` output columns x one ve
 ``V`` filters: for every (kernel, tap) entry the kernel loads one weight vector and
 issues ``tile_h * tile_w`` FMAs, each with the input value broadcast straight from
 memory (``vfmadd231ps mem{1toV}``), so one offset load and one weight load serve the
-whole tile. The accumulator tile lives in registers (``acc`` is local and the tile
-loops are unrolled/vectorized); the write-out transposes it into NCHW with bias and
-ReLU fused. Rows x filter groups run in parallel; the pruner gives every group the same
-work, so a static split balances the threads.
+whole tile. The accumulator tile lives in registers (the tile loops are
+unrolled/vectorized); the write-out transposes it into NCHW with bias and ReLU fused.
+Rows x filter groups (or, in "column" order, filter groups x column strips) run in
+parallel; the pruner gives every group the same work, so a static split balances the threads.
 
 The same schedule serves NEON (``V`` = 4) through LLVM's aarch64 backend: it only uses
 generic primitives (split, reorder, compute_at, vectorize, unroll, parallel).
@@ -129,9 +129,11 @@ def _schedule_conv(sch: s_tir.Schedule, order: str, store: _StoreStyle, *, lanes
     go, vo = sch.split(o, [None, lanes])
     ho, hi = sch.split(oh, [None, th])
     wo, wi = sch.split(ow, [None, tw])
-    outer = [n, go, ho] if order == "group" else [n, ho, go]
-    sch.reorder(*outer, wo, vo, hi, wi)
-    sch.compute_at(acc, wo, preserve_unit_loops=True)
+    # the parallel loops, then the serial tile loop under which a tile is computed
+    outer, tile_loop = {"group": ([n, go, ho], [wo]), "row": ([n, ho, go], [wo]),
+                        "column": ([n, go, wo], [ho])}[order]
+    sch.reorder(*outer, *tile_loop, vo, hi, wi)
+    sch.compute_at(acc, tile_loop[0], preserve_unit_loops=True)
     sch.set_scope(acc, 0, "global")  # a stack array when under 1 KB (module docstring)
     # acc's loops under wo: n, g (unit), oh (tile_h), ow (tile_w), v (lanes), e.
     row, col, lane, entry = sch.get_loops(acc)[-4:]

@@ -108,7 +108,7 @@ def _prune_on_data(args: argparse.Namespace):
         train = train.subset(args.train_subset, seed=args.seed)
     model, meta = _load_or_build(args, {"in_channels": train.input_shape[0], "num_classes": len(train.classes)})
     before = evaluate(model, test.loader(1000))
-    config = TrainConfig(lr=args.lr, progress=True)
+    config = TrainConfig(lr=args.lr, progress=True, checkpoint_dir=args.checkpoint_dir)
     pruned, report = prune(
         model, target=args.target, pattern_k=args.pattern_k, keep_kernels=args.keep_kernels, ratio=args.ratio,
         data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed), schedule=args.schedule,
@@ -285,6 +285,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-subset", type=int, default=0, help="train on this many images (0: all)")
+    p.add_argument("--checkpoint-dir",
+                   help="save the training state here after every epoch; the same command run again "
+                        "resumes where an interrupted run stopped")
     p.add_argument("--out", help="save the pruned model here (.pt; mcp.load_pruned reads it)")
     p.set_defaults(func=_cmd_prune)
 

@@ -325,10 +325,11 @@ def open_tuning_log(directory: str | Path, target: Any = None, *, create: bool =
         raise TuningLogError(f"no tuning log in {directory} (expected {RECORD_FILE} there)")
     signature, provenance = _validated(directory)
     signature = signature if signature is not None else provenance.target
-    if target is not None and signature is not None and signature != target_signature(target):
+    wanted = target_signature(target) if target is not None else None
+    if wanted is not None and signature is not None and signature != wanted:
         raise TuningLogError(
             f"the tuning log in {directory} was measured for {signature}, not for "
-            f"{target_signature(target)}; tune into another folder (--log) instead"
+            f"{wanted}; tune into another folder (--log) instead"
         )
     directory.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(str(directory / WORKLOAD_FILE), str(directory / RECORD_FILE),

@@ -53,7 +53,7 @@ def test_random_points_of_every_design_space_match_torch(c, o, h, wd, stride, pa
     kernel = _kernel(x, w, stride, padding, lanes)
     ref = torch_reference(x, w, None, stride=stride, padding=padding, clip=(0.0, None))
     spaces = topi_sparse.pattern_conv2d_design_spaces(s_tir.Schedule(kernel.compute, seed=seed), "x86")
-    assert len(spaces) == 8  # loop order x column store x lanes unrolled
+    assert len(spaces) == 12  # loop order x column store x lanes unrolled
     for space in spaces:
         assert_close(_run(space.mod["main"], kernel, x), ref)
 
@@ -73,6 +73,7 @@ def test_default_schedule_is_a_point_of_the_space():
 
 @pytest.mark.parametrize("tile_h,order,store,unroll_store,unroll_entries", [
     (2, "row", True, False, 1), (2, "group", False, True, 2), (1, "row", False, False, 4), (1, "group", True, True, 3),
+    (2, "column", True, False, 2), (1, "column", False, True, 1),
 ])
 def test_fixed_knobs_match_torch(tile_h, order, store, unroll_store, unroll_entries):
     rng = np.random.default_rng(3)
@@ -88,7 +89,7 @@ def test_fixed_knobs_match_torch(tile_h, order, store, unroll_store, unroll_entr
     assert_close(_run(func, kernel, x), ref)
 
 
-@pytest.mark.parametrize("tile_h,order", [(4, "group"), (2, "row"), (4, "row")])
+@pytest.mark.parametrize("tile_h,order", [(4, "group"), (2, "row"), (4, "row"), (4, "column")])
 def test_row_tiles_that_overshoot_the_output_rows_match_torch(tile_h, order):
     # 7 output rows: acc is padded to 8 rows, so 2- and 4-row tiles fit; out drops row 8.
     rng = np.random.default_rng(5)

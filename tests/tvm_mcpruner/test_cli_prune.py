@@ -68,3 +68,17 @@ def test_training_without_data_and_onnx_input_are_clear_errors(tiny_idx, capsys)
     assert "give --data" in capsys.readouterr().err
     assert main(["prune", "--model", "net.onnx", "--data", str(tiny_idx)]) == 2
     assert "ONNX files cannot be pruned here" in capsys.readouterr().err
+
+
+def test_prune_with_checkpoint_dir_resumes_instead_of_training_again(tiny_idx, tmp_path):
+    command = ["prune", "--model", "vgg11_small", "--data", str(tiny_idx), "--ratio", "4", "--schedule",
+               "iterative", "--epochs", "2", "--target", "hikey970-cpu", "--checkpoint-dir", str(tmp_path / "ck")]
+    assert main([*command, "--out", str(tmp_path / "a.pt")]) == 0
+    saved = torch.load(tmp_path / "ck" / "iterative.pt", weights_only=True)
+    assert saved["epoch"] == 2
+    # the finished run replays from its checkpoint: the same pruned weights
+    assert main([*command, "--out", str(tmp_path / "b.pt")]) == 0
+    first, _ = load_pruned(tmp_path / "a.pt")
+    second, _ = load_pruned(tmp_path / "b.pt")
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
