@@ -16,6 +16,7 @@ kernel_variants = _load("kernel_variants")
 def test_one_layer_measures_the_kernel_and_its_ablation_without_index_loads():
     row = kernel_variants.measure_layer(8, 16, 6, 1, threads=2, repeats=1)
     assert set(row["ms"]) == {"index buffer", "ablation: no index loads"} and row["headroom"] > 0
+    assert row["pattern_major"]["ratio"] >= 1
 
 
 def test_ablation_reads_no_offsets():
@@ -29,3 +30,15 @@ def test_ablation_reads_no_offsets():
     ablation = kernel_variants.ablation_primfunc(kernel)
     assert "offsets[" in kernel.func.script() and "offsets[" not in ablation.script()
     assert len(ablation.params) == len(kernel.func.params)  # same signature: called alike
+
+
+def test_pattern_major_padding_counts_the_longest_group_per_pattern():
+    lanes = 2
+    w = np.zeros((4, 3, 3, 3), np.float32)  # 2 groups of 2 filters, 3 channels
+    a, b = [4, 0, 1, 3], [4, 5, 7, 8]  # two 4-tap patterns (flat tap indices)
+    for g, kernels in enumerate([[(0, a), (1, a), (2, b)], [(0, b), (1, b)]]):
+        for channel, pattern in kernels:
+            w[2 * g:2 * g + 2, channel].flat[[t for t in range(9) if t in pattern]] = 1.0
+    padding = kernel_variants.pattern_major_padding(w, lanes)
+    # ours: 3 kernels (the longer group); pattern-major: max(2, 0) for a + max(1, 2) for b = 4
+    assert padding == {"patterns": 2, "kernels_ours": 3, "kernels_pattern_major": 4, "ratio": 4 / 3}
