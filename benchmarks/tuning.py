@@ -47,7 +47,7 @@ from tvm_mcpruner.tuning_log import RECORD_FILE  # noqa: E402
 
 SPARSITY = "A"
 CONFIRM_NOTE = f"{CONFIRM_ROUNDS} confirmation rounds of the {CONFIRM_CANDIDATES} fastest and the default"
-COMPARE_BUDGETS = (16, 32, 64)
+COMPARE_BUDGETS = (64, 128, 256)  # the issue's budgets; --compare-budgets changes them
 DEFAULT_COMPARE = ("256->256 3x3/s1 @14x14", "128->128 3x3/s1 @28x28", "512->512 3x3/s1 @7x7")
 
 
@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--suites", default="3x3,1x1")
     p.add_argument("--compare", default=",".join(DEFAULT_COMPARE),
                    help="layer labels for part 2 (xgb vs random); '' skips it")
-    p.add_argument("--compare-trials", type=int, default=max(COMPARE_BUDGETS))
+    p.add_argument("--compare-budgets", default=",".join(map(str, COMPARE_BUDGETS)),
+                   help="trial counts at which part 2 reads the best latency (the search runs to the largest)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="two small layers, 8 trials, no part 2")
     p.add_argument("--ship-log", type=Path, help="also append part 1's records to this log folder")
@@ -66,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.trials, args.compare, args.repeats = 8, "", 3
+    try:
+        args.compare_budgets = sorted({int(k) for k in args.compare_budgets.split(",") if k})
+    except ValueError:
+        p.error(f"--compare-budgets: comma-separated trial counts, got {args.compare_budgets!r}")
+    if args.compare and (not args.compare_budgets or min(args.compare_budgets) < 1):
+        p.error("--compare-budgets needs at least one count >= 1")
     return args
 
 
@@ -186,14 +193,14 @@ def part2(layers, args, workdir: Path) -> list[dict[str, Any]]:
         if label not in by_label:
             raise SystemExit(f"--compare: no layer {label!r}; known: {sorted(by_label)}")
         mod, _, _, _ = pruned_layer(by_label[label])
-        row = {"layer": label, "budgets": list(COMPARE_BUDGETS)}
+        row = {"layer": label, "budgets": list(args.compare_budgets)}
         for search in ("xgb", "random"):
             log_dir = workdir / f"compare-{search}" / label.replace(" ", "_").replace("/", "_")
-            report = tune(mod, "host", trials=args.compare_trials, log_dir=log_dir, sparse_only=True,
+            report = tune(mod, "host", trials=max(args.compare_budgets), log_dir=log_dir, sparse_only=True,
                           search=search, threads=args.threads, progress=sys.stderr.isatty(), seed=1,
                           confirm_rounds=0)
             task = sparse_task(report)
-            row[search] = {"best_ms_after": best_after(log_dir, COMPARE_BUDGETS), "trials": task.trials,
+            row[search] = {"best_ms_after": best_after(log_dir, args.compare_budgets), "trials": task.trials,
                            "wall_s": round(report.wall_s, 1)}
         print(f"{label:<28} xgb {row['xgb']['best_ms_after']}  random {row['random']['best_ms_after']}", flush=True)
         rows.append(row)
@@ -237,8 +244,8 @@ def markdown(info, peak, rows1, rows2, wall_s) -> str:
     if rows2:
         text.append("\n## Part 2: XGBoost vs random search, best latency (ms) after k trials\n")
         text.append(C.md_table(
-            ["layer", "search", *[f"k={k}" for k in COMPARE_BUDGETS], "trials", "wall s"],
-            [[r["layer"], s, *[C.fmt(r[s]["best_ms_after"].get(k), ".4f") for k in COMPARE_BUDGETS],
+            ["layer", "search", *[f"k={k}" for k in rows2[0]["budgets"]], "trials", "wall s"],
+            [[r["layer"], s, *[C.fmt(r[s]["best_ms_after"].get(k), ".4f") for k in r["budgets"]],
               r[s]["trials"], r[s]["wall_s"]] for r in rows2 for s in ("xgb", "random")]))
         text.append("\nk counts measured candidates after the default schedule; when a search has "
                     "measured every point of the space it stops early (trials < budget).")
