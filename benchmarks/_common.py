@@ -362,9 +362,9 @@ class SparseBuild:
     compile_s: float
 
 
-def mcpruner_build(mod: tvm.IRModule, x: np.ndarray, threads: int) -> SparseBuild:
+def mcpruner_build(mod: tvm.IRModule, x: np.ndarray, threads: int, target: str = "host") -> SparseBuild:
     start = time.perf_counter()
-    compiled = mcp.compile(mod, target="host", threads=threads)
+    compiled = mcp.compile(mod, target=target, threads=threads)
     compile_s = time.perf_counter() - start
     arg = tvm.runtime.tensor(np.ascontiguousarray(x))
     main = compiled.vm["main"]

@@ -174,27 +174,28 @@ def dense_runners(layer: SuiteLayer, tuner: C.DenseTuner, threads: int, workdir:
     return runners, model(x).detach().numpy()
 
 
-def sparse_case(layer: SuiteLayer, name: str, threads: int) -> SparseCase:
-    """The layer pruned by ``mcp.prune`` at sparsity ``name`` and compiled by ``mcp.compile``."""
+def sparse_case(layer: SuiteLayer, name: str, threads: int, target: str = "host") -> SparseCase:
+    """The layer pruned by ``mcp.prune`` at sparsity ``name`` and compiled by ``mcp.compile``,
+    both for the preset ``target``."""
     model, x = layer_module(layer.shape), layer_input(layer.shape)
     keep = SPARSITIES[name]
-    pruned, _report = mcp.prune(model, target="host", pattern_k=PATTERN_K, keep_kernels=keep,
+    pruned, _report = mcp.prune(model, target=target, pattern_k=PATTERN_K, keep_kernels=keep,
                                 keep_pointwise=keep, min_in_channels=MIN_IN_CHANNELS, example_input=x)
     pruned = bake(pruned).eval()
     dense_macs, nonzero_macs = C.nonzero_conv_macs(pruned, x)
-    build = C.mcpruner_build(mcp.from_torch(pruned, (x,)), x.numpy(), threads)
+    build = C.mcpruner_build(mcp.from_torch(pruned, (x,)), x.numpy(), threads, target)
     record = build.compiled.sparse_layers[0] if build.compiled.sparse_layers else None
     return SparseCase(name, build.runner, pruned(x).detach().numpy(), dense_macs, nonzero_macs,
                       record, build.compile_s)
 
 
 def layer_results(layer: SuiteLayer, sparsities: list[str], tuner: C.DenseTuner, threads: int,
-                  repeats: int) -> list[dict[str, Any]]:
+                  repeats: int, target: str = "host") -> list[dict[str, Any]]:
     """Time the three dense frameworks and mcpruner at each sparsity, interleaved."""
     with tempfile.TemporaryDirectory() as tmp:
         runners, dense_ref = dense_runners(layer, tuner, threads, Path(tmp))
         refs = dict.fromkeys(runners, dense_ref)
-        cases = {name: sparse_case(layer, name, threads) for name in sparsities}
+        cases = {name: sparse_case(layer, name, threads, target) for name in sparsities}
         for name, case in cases.items():
             runners[f"mcpruner@{name}"], refs[f"mcpruner@{name}"] = case.runner, case.ref
         probe, probe_flops = C.fma_peak_probe(threads)
@@ -294,6 +295,8 @@ def markdown(info: dict[str, Any], peak: dict[str, Any], rows: list[dict[str, An
              "run's largest peak (measured before and after); '% conc. peak' by the FMA-loop peak "
              "timed in the same interleaved rounds as that layer (GFLOP/s given), which divides "
              "out the host's drift in available compute."), "",
+             f"mcpruner target preset: `{info['mcpruner_target']}` "
+             f"({mcp.get_preset(info['mcpruner_target']).description}); the peaks are this machine's.", "",
              "## Targets", ""]
     for key, s in summary.items():
         if s["value"] is None:
@@ -315,6 +318,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--suite", choices=["3x3", "1x1", "all"], default="all")
     p.add_argument("--sparsity", choices=["A", "B", "both"], default="both")
     p.add_argument("--threads", type=int, default=2, help="threads for every framework")
+    p.add_argument("--target", default="host",
+                   help="preset mcpruner prunes and compiles for, e.g. x86-avx2 (the dense frameworks "
+                        "and the peak probes run as they do on this machine)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per framework (>= 5 for results)")
     p.add_argument("--tune-trials", type=int, default=None,
                    help="MetaSchedule trials per task for TVM dense (0 = untuned; default 64, "
@@ -371,12 +377,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sparsities = ["A", "B"] if args.sparsity == "both" else [args.sparsity]
     rows = []
     for layer in tqdm(layers, desc="layers", unit="layer", file=sys.stdout):
-        rows += layer_results(layer, sparsities, tuner, args.threads, args.repeats)
+        rows += layer_results(layer, sparsities, tuner, args.threads, args.repeats, args.target)
     peak = C.peak_of_run(peak_before, C.measure_peak(args.threads, repeats=max(args.repeats, 3)))
     C.fill_pct_of_peak(rows, peak["peak_gflops"])
     summary = summarize(rows)
     wall_s = time.perf_counter() - start
-    info = C.run_info(args.threads, tuner, args.repeats, tuning)
+    info = {**C.run_info(args.threads, tuner, args.repeats, tuning), "mcpruner_target": args.target}
     payload = {**info, "wall_s": round(wall_s, 1), "peak": peak, "quick": args.quick,
                "sparsities": {k: {"pattern_k": PATTERN_K, "keep_kernels": SPARSITIES[k]} for k in sparsities},
                "layer_module": "conv (with bias) + ReLU, batch 1", "targets": summary, "layers": rows}

@@ -100,6 +100,26 @@ def _host_preset() -> TargetPreset:
     )
 
 
+def _x86_preset(name: str, mcpu: str, width: int, isa: str) -> TargetPreset:
+    """An x86 CPU class by its ISA, for building on one machine what runs on another.
+
+    Threads are this machine's (a compiled model takes ``threads=`` at compile time).
+    Code for an ISA this machine has runs (and is timed) here: AVX2 on an AVX-512 host.
+    """
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return TargetPreset(
+        name=name,
+        target={"kind": "llvm", "mcpu": mcpu, "num-cores": threads},
+        vector_width=width,
+        threads=threads,
+        family="x86",
+        description=f"x86-64 with {isa} ({mcpu}), fp32x{width} FMA",
+    )
+
+
+_X86_AVX2 = _x86_preset("x86-avx2", "core-avx2", 8, "AVX2 + FMA")
+_X86_AVX512 = _x86_preset("x86-avx512", "skylake-avx512", 16, "AVX-512")
+
 _HIKEY970_CPU = TargetPreset(
     name="hikey970-cpu",
     target={
@@ -138,7 +158,7 @@ _CUDA = TargetPreset(
     host={"kind": "llvm"},
 )
 
-_STATIC = {p.name: p for p in (_HIKEY970_CPU, _HIKEY970_MALI, _CUDA)}
+_STATIC = {p.name: p for p in (_X86_AVX2, _X86_AVX512, _HIKEY970_CPU, _HIKEY970_MALI, _CUDA)}
 
 
 def preset_names() -> list[str]:
@@ -164,13 +184,16 @@ def preset_for_tvm_target(target) -> TargetPreset:
     """The preset whose schedule family and vector width fit a ``tvm.target.Target``.
 
     Used where TVM hands us only a Target (``tvm.compile(..., relax_pipeline=
-    get_pipeline("mcpruner"))``): llvm for aarch64 is the HiKey970 CPU class, other llvm
-    is this host, opencl is Mali, cuda is CUDA.
+    get_pipeline("mcpruner"))``): llvm for aarch64 is the HiKey970 CPU class, llvm with an
+    x86 preset's ``mcpu`` is that preset, other llvm is this host, opencl is Mali, cuda is CUDA.
     """
     kind = target.kind.name
     if kind == "llvm":
         triple = str(target.attrs.get("mtriple", ""))
-        return _HIKEY970_CPU if triple.startswith("aarch64") else _host_preset()
+        if triple.startswith("aarch64"):
+            return _HIKEY970_CPU
+        mcpu = str(target.attrs.get("mcpu", ""))
+        return next((p for p in (_X86_AVX2, _X86_AVX512) if p.target["mcpu"] == mcpu), _host_preset())
     if kind == "opencl":
         return _HIKEY970_MALI
     if kind == "cuda":

@@ -1,0 +1,56 @@
+"""Target presets: the x86 ISA presets build, vectorize and compute like the host one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+
+import topi_sparse
+import tvm_mcpruner as mcp
+from tests._models import assert_close, randomize_bn, torch_output
+from tvm_mcpruner.models import get_model
+from tvm_mcpruner.sparse_format import pack_pattern_weights
+from tvm_mcpruner.targets import _cpu_flags, preset_for_tvm_target
+
+# The ISA a preset's code needs from this machine to run here.
+NEEDS = {"x86-avx2": {"avx2", "fma"}, "x86-avx512": {"avx512f"}}
+
+
+def _runs_here(name: str) -> bool:
+    return NEEDS[name] <= _cpu_flags()
+
+
+@pytest.mark.parametrize("name,width,register", [("x86-avx2", 8, "ymm"), ("x86-avx512", 16, "zmm")])
+def test_x86_presets_vectorize_by_their_width(name, width, register):
+    preset = mcp.get_preset(name)
+    assert name in mcp.targets.preset_names()
+    assert (preset.family, preset.vector_width) == ("x86", width)
+    assert preset_for_tvm_target(preset.tvm_target()) is preset  # tvm.compile users land on it too
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2 * width, 8, 3, 3)).astype(np.float32)
+    w[:, :, 0, 0] = 0.0  # any pattern: the kernel only needs the aligned groups
+    packed = pack_pattern_weights(w, width)
+    kernel = topi_sparse.build_pattern_conv2d(
+        (1, 8, 10, 10), w.shape, packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
+        stride=1, padding=(1, 1, 1, 1), family=preset.family)
+    lib = tvm.compile(tvm.IRModule({"main": kernel.func}), target=preset.tvm_target())
+    fmas = [line for line in lib.mod.inspect_source("asm").splitlines() if "vfmadd" in line]
+    assert fmas and all(f"%{register}" in line for line in fmas), fmas[:3]
+
+
+@pytest.mark.parametrize("name", ["x86-avx2", "x86-avx512"])
+def test_model_pruned_and_compiled_for_an_x86_preset_matches_torch(name):
+    if not _runs_here(name):
+        pytest.skip(f"this CPU lacks {NEEDS[name]}: {name} code can be built here, not run")
+    torch.manual_seed(0)
+    model = get_model("resnet18", width=0.25, stem="cifar")
+    pruned, report = mcp.prune(model, target=name, keep_kernels=0.5)
+    assert report.vector_width == mcp.get_preset(name).vector_width and report.pruned_layers
+    x = torch.randn(2, 3, 32, 32)
+    randomize_bn(pruned, seed=1, example_input=x)
+    compiled = mcp.compile(mcp.from_torch(pruned, (x,)), target=name, tuning_log=None)
+    assert compiled.num_sparse_layers > 0
+    out = compiled.vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    assert_close(out, torch_output(pruned, x))
