@@ -135,7 +135,7 @@ def _schedule_conv(sch: s_tir.Schedule, order: str, store: _StoreStyle, *, lanes
     sch.reorder(*outer, *tile_loop, vo, hi, wi)
     sch.compute_at(acc, tile_loop[0], preserve_unit_loops=True)
     sch.set_scope(acc, 0, "global")  # a stack array when under 1 KB (module docstring)
-    # acc's loops under wo: n, g (unit), oh (tile_h), ow (tile_w), v (lanes), e.
+    # acc's loops under the tile loop: n, g (unit), oh (tile_h), ow (tile_w), v (lanes), e.
     row, col, lane, entry = sch.get_loops(acc)[-4:]
     _, unroll = sch.sample_perfect_tile(entry, n=2, max_innermost_factor=MAX_UNROLL_ENTRIES,
                                         decision=unroll_entries)
