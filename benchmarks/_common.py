@@ -42,6 +42,7 @@ from tvm import relax
 
 import tvm_mcpruner as mcp
 from tvm_mcpruner.benchmark import flushed_denormals, machine_info, onnxruntime_session, rel_error, set_threads
+from tvm_mcpruner.targets import usable_cpus
 
 logger = logging.getLogger("mcpruner.benchmarks")
 
@@ -495,7 +496,7 @@ def run_info(threads: int, tuner: DenseTuner, repeats: int, tuning: dict[str, An
     tuning = tuning or {"tasks": 0, "tuned_this_run": [], "short_of_budget": []}
     info = machine_info()
     info.update(
-        threads=threads, cores_available=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        threads=threads, cores_available=usable_cpus(),
         llvm_cpu=host_cpu_name(), platform=platform.platform(),
         versions={"tvm": tvm.__version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                   "numpy": np.__version__, "tvm_mcpruner": mcp.__version__},

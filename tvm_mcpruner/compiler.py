@@ -14,7 +14,7 @@ from tvm import relax
 from relay_passes import ApplyTuningDatabase, RewriteSparseConv2d, SparseLayerRecord, mcpruner_pipeline
 
 from .sparse_format import MIN_MAC_REDUCTION
-from .targets import TargetPreset, get_preset
+from .targets import TargetPreset, get_preset, usable_cpu_ids
 from .tuning_log import LogProvenance, find_tuning_log, log_provenance, open_tuning_log
 
 __all__ = ["CompiledModel", "SparseLayerRecord", "compile", "set_tvm_threads"]
@@ -103,7 +103,7 @@ def set_tvm_threads(threads: int) -> None:
     two workers still ran at one core's speed. Mode -3 (kSpecifyThreadShareAllCore)
     lets every worker run on any CPU the process may use: the OS spreads them.
     """
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cpus = usable_cpu_ids()
     tvm.get_global_func("runtime.config_threadpool")(-3, threads, [str(c) for c in cpus])
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)  # keep torch/onnxruntime threads free to use every CPU

@@ -74,9 +74,16 @@ def _host_vector_width(flags: set[str]) -> int:
     return 4  # SSE / NEON
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), the default thread count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def usable_cpu_ids() -> list[int]:
+    """The CPUs this process may run on (its affinity mask), in order."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on: the default thread count everywhere."""
+    return len(usable_cpu_ids())
 
 
 def _host_cpu_name() -> str:
@@ -92,7 +99,7 @@ def _host_cpu_name() -> str:
 def _host_preset() -> TargetPreset:
     flags = _cpu_flags()
     width = _host_vector_width(flags)
-    threads = _usable_cpus()
+    threads = usable_cpus()
     target: dict[str, Any] = {"kind": "llvm", "num-cores": threads}  # mcpu: see tvm_target
     isa = {16: "AVX-512", 8: "AVX2", 4: "128-bit SIMD"}[width]
     return TargetPreset(
@@ -111,7 +118,7 @@ def _x86_preset(name: str, mcpu: str, width: int, isa: str) -> TargetPreset:
     Threads are this machine's (a compiled model takes ``threads=`` at compile time).
     Code for an ISA this machine has runs (and is timed) here: AVX2 on an AVX-512 host.
     """
-    threads = _usable_cpus()
+    threads = usable_cpus()
     return TargetPreset(
         name=name,
         target={"kind": "llvm", "mcpu": mcpu, "num-cores": threads},

@@ -49,7 +49,7 @@ from tvm.s_tir import meta_schedule as ms
 import topi_sparse
 from relay_passes import RewriteSparseConv2d, rank_tuned_records, to_tir_stage
 
-from .targets import TargetPreset, _host_cpu_name, get_preset
+from .targets import TargetPreset, _host_cpu_name, get_preset, usable_cpus
 from .tuning_log import RECORD_FILE, append_provenance, default_log_dir, open_tuning_log, target_signature
 
 __all__ = ["TaskResult", "TuningReport", "tune"]
@@ -282,7 +282,7 @@ def _tune_contexts(extracted, preset: TargetPreset, search: str, sparse_only: bo
         contexts.append(ms.TuneContext(
             mod=task.dispatched[0], target=task.target, space_generator=space,
             search_strategy=strategy, task_name=task.task_name, rand_state=rand_state,
-            num_threads=os.cpu_count() or 1,
+            num_threads=usable_cpus(),
             logger=task_logger,
         ).clone())
         weights.append(float(task.weight))
@@ -318,7 +318,7 @@ def _cost_model(search: str) -> ms.cost_model.CostModel:
     if search == "random":
         return ms.cost_model.RandomModel()
     return ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
-                                  adaptive_training=True, num_tuning_cores=os.cpu_count() or 1)
+                                  adaptive_training=True, num_tuning_cores=usable_cpus())
 
 
 def _measure_default(ctx: ms.TuneContext, family: str, database, builder, runner) -> None:
