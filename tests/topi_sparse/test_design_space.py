@@ -103,6 +103,26 @@ def test_row_tiles_that_overshoot_the_output_rows_match_torch(tile_h, order):
     assert_close(_run(func, kernel, x), ref)
 
 
+@pytest.mark.parametrize("order,width,split_by_rows", [
+    ("row", 30, True), ("row", 9, False), ("group", 30, False), ("column", 30, False)])
+def test_padded_copy_is_split_the_way_the_conv_splits_its_rows(order, width, split_by_rows):
+    # "row" order on wide rows: every thread convolves a band of rows over all channels, so
+    # the copy is parallel over padded rows (each thread writes what it reads); otherwise
+    # over (channel, row) pairs, each a contiguous run of the padded input.
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 6, 9, width)).astype(np.float32)
+    w = make_weight(rng, 16, 6, 3, 3, 8, "aligned", 0.5)
+    kernel = _kernel(x, w, 1, 1, 8)
+    knobs = PatternConvKnobs(lanes=8, tile_w=kernel.knobs.tile_w, order=order)
+    func = topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", knobs)
+    padded_rows = kernel.shape.padded_height(kernel.knobs.tile_w)
+    sch = s_tir.Schedule(func)
+    extent = int(sch.get(sch.get_loops(sch.get_sblock("pad"))[0]).extent)
+    assert extent == (padded_rows if split_by_rows else 6 * padded_rows)
+    ref = torch_reference(x, w, None, stride=1, padding=1, clip=(0.0, None))
+    assert_close(_run(func, kernel, x), ref)
+
+
 def test_kernel_reading_its_input_directly_keeps_exact_rows():
     # No padded copy: rows past the input's end cannot be read, so no 4-row tile on 7 rows.
     rng = np.random.default_rng(6)
