@@ -123,8 +123,10 @@ def side_by_side(mod, x, ref, log_dir: Path, threads: int, repeats: int) -> dict
         runners[name] = lambda main=main: main(arg)
     runners["default_again"] = runners["default"]
     times = C.time_interleaved(runners, repeats=repeats)
+    knobs = [k for k in builds["tuned"].tuned_knobs.values() if k is not None]
     return {name: statistics.median(ts) for name, ts in times.items()} | {
-        "tuned_functions": builds["tuned"].tuned_functions}
+        "tuned_functions": builds["tuned"].tuned_functions,
+        "tuned_knobs": knobs[0].describe() if knobs else None}
 
 
 def part1(layers, args, workdir: Path) -> list[dict[str, Any]]:
@@ -144,7 +146,8 @@ def part1(layers, args, workdir: Path) -> list[dict[str, Any]]:
                "default_again_ms": timed["default_again"], "aa_ratio": timed["default"] / timed["default_again"],
                "tuned_gflops_nonzero": 2 * nonzero / (timed["tuned"] * 1e-3) / 1e9,
                "default_gflops_nonzero": 2 * nonzero / (timed["default"] * 1e-3) / 1e9,
-               "log_dir": str(log_dir), "log_applied": bool(timed["tuned_functions"])}
+               "log_dir": str(log_dir), "log_applied": bool(timed["tuned_functions"]),
+               "applied_knobs": timed["tuned_knobs"]}
         print(f"{row['layer']:<28} default {row['default_ms']:.4f} ms  tuned {row['tuned_ms']:.4f} ms  "
               f"{row['speedup']:.2f}x  A/A {row['aa_ratio']:.2f}  ({row['trials']} trials, {row['tune_wall_s']:.0f} s"
               f"{', default kept' if row['chose_default'] else ''})",
@@ -219,7 +222,7 @@ def markdown(info, peak, rows1, rows2, wall_s) -> str:
              "tuned % peak", "trials", "tune s"],
             [[r["layer"], C.fmt(r["default_ms"], ".4f"), C.fmt(r["tuned_ms"], ".4f"), C.fmt(r["speedup"]),
               C.fmt(r.get("aa_ratio")), C.fmt(r["tuner_default_ms"] / r["tuner_best_ms"]),
-              "default" if r.get("chose_default") else "tuned",
+              "default" if r.get("chose_default") else (r.get("applied_knobs") or "tuned"),
               C.fmt(r["tuned_gflops_nonzero"], ".0f"), C.fmt(r["tuned_pct_peak"], ".0f"), r["trials"],
               C.fmt(r["tune_wall_s"], ".0f")] for r in rows1]))
         text.append(f"\nMedian speedup over the default knobs: {statistics.median(speedups):.2f}x "
@@ -235,8 +238,8 @@ def markdown(info, peak, rows1, rows2, wall_s) -> str:
                         f"(< {1 - band:.3f}x): {sum(r['speedup'] < 1 - band for r in rows1)}. "
                         f"'tuner: default/best' is the tuner's own measurement of the gain: medians over "
                         f"each schedule's runs (the search's and {CONFIRM_NOTE}); 'applied' says whether "
-                        f"compile applied a tuned schedule or kept the default (a tuned one must beat the "
-                        f"default's median by {100 * CHOICE_MARGIN:.0f}%).")
+                        f"compile kept the default or applied a tuned schedule, and then its knobs (a tuned "
+                        f"one must beat the default's median by {100 * CHOICE_MARGIN:.0f}%).")
         tuned = [r["speedup"] for r in rows1 if not r.get("chose_default", False)]
         if tuned:
             text.append(f"\nLayers where a tuned schedule was applied: {len(tuned)} of {len(rows1)}, median "

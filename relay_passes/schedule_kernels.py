@@ -37,20 +37,31 @@ class ApplyTuningDatabase:
     median time; for our kernels the default unless beaten by ``CHOICE_MARGIN``), marked
     ``tirx.is_scheduled``; the others are left as they are for the passes after it.
     ``family`` (default: the current Target's preset) names our kernels' default
-    schedule. ``applied`` names the functions it scheduled (read it after the pass ran).
+    schedule. Read after the pass ran: ``applied`` names the functions it scheduled,
+    ``knobs`` maps those of them that are our kernels to the knobs they got (None when
+    the record predates knob annotations), and
+    ``kept_default`` names the kernels whose logged default schedule ranked first.
     """
 
     def __init__(self, database, family: str | None = None):
         self.database = database
         self.family = family
         self.applied: list[str] = []
+        self.knobs: dict[str, topi_sparse.PatternConvKnobs | None] = {}
+        self.kept_default: list[str] = []
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
         before = _scheduled(mod)
+        defaults = {gvar.name_hint: topi_sparse.declared_knobs(func) for gvar, func in mod.functions_items()
+                    if topi_sparse.is_unscheduled_kernel(func)}
         family = self.family or preset_for_tvm_target(tvm.target.Target.current()).family
         with _RankedByMedian(self.database, family):
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
         self.applied = sorted(_scheduled(mod) - before)
+        functions = {gvar.name_hint: func for gvar, func in mod.functions_items()}
+        # None: a record logged before schedules recorded their knobs
+        self.knobs = {name: topi_sparse.scheduled_knobs(functions[name]) for name in self.applied if name in defaults}
+        self.kept_default = sorted(name for name, k in self.knobs.items() if k is not None and defaults[name] == k)
         logger.info("ApplyTuningDatabase: %d functions scheduled from the tuning log", len(self.applied))
         return mod
 

@@ -13,17 +13,20 @@ import numpy as np
 from tvm import IRModule, s_tir, te, tirx
 
 from .knobs import (
+    KNOBS_ANNOTATION,
     LOOP_ORDERS,
     PatternConvKnobs,
     cheaper_loop_order,
     default_pattern_conv_knobs,
     max_accumulators,
+    scheduled_knobs,
 )
 from .pattern_conv2d import PatternConvShape, kernel_operands, pattern_conv2d_nchw
 from .x86 import apply_pattern_conv2d_cpu, pattern_conv2d_cpu_spaces
 
 __all__ = [
     "KERNEL_ATTR",
+    "KNOBS_ANNOTATION",
     "LOOP_ORDERS",
     "PatternConvKnobs",
     "PatternConvShape",
@@ -33,6 +36,7 @@ __all__ = [
     "cheaper_loop_order",
     "default_pattern_conv_knobs",
     "apply_default_schedule",
+    "declared_knobs",
     "default_schedule_trace",
     "is_unscheduled_kernel",
     "kernel_operands",
@@ -41,6 +45,7 @@ __all__ = [
     "pattern_conv2d_design_spaces",
     "pattern_conv2d_primfunc",
     "schedule_pattern_conv2d",
+    "scheduled_knobs",
     "SCHEDULED_FAMILIES",
 ]
 
@@ -100,7 +105,7 @@ def schedule_pattern_conv2d(
     """Schedule a :func:`pattern_conv2d_compute` with ``knobs`` (default: its compute's tile)."""
     _check_family(family)
     sch = s_tir.Schedule(func)
-    apply_default_schedule(sch, family, knobs or _declared_knobs(func))
+    apply_default_schedule(sch, family, knobs or declared_knobs(func))
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
@@ -116,13 +121,14 @@ def default_schedule_trace(mod: IRModule, family: str) -> s_tir.Trace | None:
         return None
     _check_family(family)
     sch = s_tir.Schedule(mod)
-    apply_default_schedule(sch, family, _declared_knobs(func))
+    apply_default_schedule(sch, family, declared_knobs(func))
     return sch.trace
 
 
-def _declared_knobs(func: tirx.PrimFunc) -> PatternConvKnobs:
-    """The default knobs of a compute: the register tile it was declared with, and the
-    loop order that streams fewer bytes (:func:`cheaper_loop_order`), read off its buffers."""
+def declared_knobs(func: tirx.PrimFunc) -> PatternConvKnobs:
+    """The default knobs of an unscheduled compute: the register tile it was declared
+    with, and the loop order that streams fewer bytes (:func:`cheaper_loop_order`), read
+    off its buffers."""
     lanes, tile_w = int(func.attrs["mcpruner.lanes"]), int(func.attrs["mcpruner.tile_w"])
     sch = s_tir.Schedule(func)
     # acc reads values [G, E, V], offsets and the padded copy (or the input itself);
@@ -236,6 +242,6 @@ def build_pattern_conv2d(
     )
     shape = PatternConvShape(n, c, h, w, o, (kh, kw), stride, tuple(padding), lanes, values.shape[1])
     compute = pattern_conv2d_compute(shape, tile_w, with_bias=with_bias, clip=clip)
-    knobs = knobs or _declared_knobs(compute)  # the same default the Relax pipeline applies
+    knobs = knobs or declared_knobs(compute)  # the same default the Relax pipeline applies
     func = schedule_pattern_conv2d(compute, family, knobs)
     return PatternConvKernel(func, values, offsets, shape, knobs, compute)

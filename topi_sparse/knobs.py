@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LOOP_ORDERS", "MAX_UNROLL_ENTRIES", "PatternConvKnobs", "cheaper_loop_order", "default_pattern_conv_knobs",
-           "max_accumulators"]
+__all__ = ["KNOBS_ANNOTATION", "LOOP_ORDERS", "MAX_UNROLL_ENTRIES", "PatternConvKnobs", "cheaper_loop_order",
+           "default_pattern_conv_knobs", "max_accumulators", "scheduled_knobs"]
 
 # Accumulator vectors a register tile may use: the ISA's vector registers minus the
 # weight vector and a little slack for the compiler (AVX-512 and NEON have 32, AVX2 16).
@@ -20,6 +20,8 @@ MAX_UNROLL_ENTRIES = 4
 # "column" is a tuning point only: measured against the default order on the 3x3 suite
 # (session 7) it is 0.78-0.87x on the 224/112-wide layers and within +-6% elsewhere.
 LOOP_ORDERS = ("group", "row", "column")
+# Block annotation in which a schedule records its knobs (read by :func:`scheduled_knobs`).
+KNOBS_ANNOTATION = "mcpruner.knobs"
 # An input up to this size is taken to stay in a core's L2 (znver5: 1 MB, Cortex-A73: 1-2 MB
 # shared), so re-reading it once per filter group costs little (:func:`cheaper_loop_order`).
 _CACHE_RESIDENT_BYTES = 512 * 1024
@@ -57,6 +59,11 @@ class PatternConvKnobs:
             raise ValueError(f"tile sizes must be >= 1, got tile_w={self.tile_w} tile_h={self.tile_h}")
         if self.unroll_entries < 1:
             raise ValueError(f"unroll_entries must be >= 1, got {self.unroll_entries}")
+
+    def describe(self) -> str:
+        """One line for reports, e.g. ``row order, 1x28 tile, vector store, entries x1``."""
+        store = ("vector" if self.vectorize_store else "scalar") + (" unrolled" if self.unroll_store else "")
+        return f"{self.order} order, {self.tile_h}x{self.tile_w} tile, {store} store, entries x{self.unroll_entries}"
 
 
 def max_accumulators(lanes: int) -> int:
@@ -101,3 +108,28 @@ def cheaper_loop_order(input_bytes: int, weight_bytes: int, groups: int, row_til
     if input_bytes <= _CACHE_RESIDENT_BYTES:
         return "group"
     return "row" if row_tiles * weight_bytes < groups * input_bytes else "group"
+
+
+def scheduled_knobs(func) -> PatternConvKnobs | None:
+    """The knobs a scheduled kernel runs with (default or tuned); None for any other function.
+
+    The CPU schedule records them as annotations of the write-out block
+    (:data:`KNOBS_ANNOTATION` and ``<it>.tile_w|tile_h|unroll_entries``), the sampled
+    sizes as the decisions they took.
+    """
+    from tvm import s_tir, tirx
+
+    if not isinstance(func, tirx.PrimFunc) or not func.attrs or "mcpruner.lanes" not in func.attrs:
+        return None
+    sch = s_tir.Schedule(func)
+    try:
+        annotations = sch.get(sch.get_sblock("out")).annotations
+    except s_tir.ScheduleError:
+        return None
+    if KNOBS_ANNOTATION not in annotations:
+        return None  # unscheduled, or scheduled by a log written before knobs were recorded
+    knobs = dict(item.split("=") for item in str(annotations[KNOBS_ANNOTATION]).split(";"))
+    sizes = {name: int(annotations[f"{KNOBS_ANNOTATION}.{name}"]) for name in ("tile_w", "tile_h", "unroll_entries")}
+    return PatternConvKnobs(
+        lanes=int(func.attrs["mcpruner.lanes"]), order=knobs["order"],
+        vectorize_store=knobs["vectorize_store"] == "1", unroll_store=knobs["unroll_store"] == "1", **sizes)

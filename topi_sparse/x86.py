@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
-from .knobs import LOOP_ORDERS, MAX_UNROLL_ENTRIES, PatternConvKnobs, max_accumulators
+from .knobs import KNOBS_ANNOTATION, LOOP_ORDERS, MAX_UNROLL_ENTRIES, PatternConvKnobs, max_accumulators
 from .pattern_conv2d import ROW_MULTIPLE
 
 __all__ = ["apply_pattern_conv2d_cpu", "pattern_conv2d_cpu_spaces", "schedule_pattern_conv2d_cpu"]
@@ -175,3 +175,10 @@ def _schedule_conv(sch: s_tir.Schedule, order: str, store: _StoreStyle, *, lanes
     # vectorize, or decompose_reduction refuses the non-compact dataflow).
     sch.decompose_reduction(acc, entry_outer)
     sch.unroll(entry_inner)
+    # The chosen knobs, readable from the scheduled function (scheduled_knobs): the
+    # sampled ones are recorded as their decisions, so a tuned schedule reports its own.
+    # (One plain value per annotation: a trace prints and logs those, not a dict of them.)
+    sch.annotate(out, KNOBS_ANNOTATION, f"order={order};vectorize_store={int(store.vectorize_columns)};"
+                                        f"unroll_store={int(store.unroll_lanes)}")
+    for name, value in (("tile_w", tw), ("tile_h", th), ("unroll_entries", unroll)):
+        sch.annotate(out, f"{KNOBS_ANNOTATION}.{name}", value)

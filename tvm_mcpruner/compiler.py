@@ -29,7 +29,9 @@ class CompiledModel:
     reason, kernel, MAC reduction); ``executable`` is the ``tvm.relax.VMExecutable``;
     ``tuning_log`` the log folder whose schedules were applied (None: defaults only),
     ``tuning_log_provenance`` who measured it (``.status``: "hardware", "unknown" or
-    "emulated") and ``tuned_functions`` the PrimFuncs that got a schedule from it.
+    "emulated"), ``tuned_functions`` the PrimFuncs that got a schedule from it and
+    ``tuned_knobs`` the knobs of those that are our sparse kernels and got other knobs
+    than their defaults (by function name; None: the log does not say which).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class CompiledModel:
         tuning_log: Path | None = None,
         tuned_functions: list[str] | None = None,
         tuning_log_provenance: LogProvenance | None = None,
+        tuned_knobs: dict | None = None,
     ):
         self.executable = executable
         self.preset = preset
@@ -48,6 +51,7 @@ class CompiledModel:
         self.tuning_log = tuning_log
         self.tuning_log_provenance = tuning_log_provenance
         self.tuned_functions = list(tuned_functions or [])
+        self.tuned_knobs = dict(tuned_knobs or {})
         self.threads = threads or preset.threads
         self.device = tvm.cpu() if preset.family in ("x86", "arm_cpu") else None
         self._vm = None
@@ -90,9 +94,16 @@ class CompiledModel:
             provenance = self.tuning_log_provenance or LogProvenance()
             lines.append(f"  tuning log: {self.tuning_log} ({len(self.tuned_functions)} functions "
                          f"scheduled from it; {provenance.describe()})")
-        tuned = set(self.tuned_functions)
-        lines += [f"  {r}{'  [tuned]' if r.function in tuned else ''}" for r in self.sparse_layers]
+        lines += [f"  {r}{self._tuned_note(r.function)}" for r in self.sparse_layers]
         return "\n".join(lines)
+
+    def _tuned_note(self, function: str) -> str:
+        if function not in self.tuned_functions:
+            return ""
+        if function not in self.tuned_knobs:
+            return "  [tuning log: default kept]"
+        knobs = self.tuned_knobs[function]
+        return f"  [tuned: {knobs.describe()}]" if knobs else "  [tuned]"
 
 
 def set_tvm_threads(threads: int) -> None:
@@ -151,7 +162,13 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
                 f"{log_dir} ({len(applied)} functions tuned; {provenance.describe()})" if log_dir else "none")
     return CompiledModel(executable, preset, list(rewrite.records), threads=threads,
                          tuning_log=Path(log_dir) if log_dir else None, tuned_functions=applied,
-                         tuning_log_provenance=provenance)
+                         tuning_log_provenance=provenance, tuned_knobs=_changed_knobs(apply_log))
+
+
+def _changed_knobs(apply_log: ApplyTuningDatabase | None) -> dict:
+    if apply_log is None:
+        return {}
+    return {name: knobs for name, knobs in apply_log.knobs.items() if name not in apply_log.kept_default}
 
 
 def _as_numpy(x: Any) -> np.ndarray:

@@ -126,16 +126,22 @@ def test_apply_tuning_database_schedules_the_kernel_with_the_chosen_record():
     log_runs(database, workload, traced(workload, OTHER_KNOBS), [0.5, 1.1, 1.1])  # lucky once
     (kernel,) = kernels(mod)
 
-    def applied(db):
+    def applied(db, knobs, kept_default):
         apply = ApplyTuningDatabase(db, HOST.family)
         with HOST.tvm_target():
             after = apply(mod)
         assert apply.applied == [kernel.name_hint]
+        # the pass reports what each kernel got, and whether that is its default
+        assert apply.knobs == {kernel.name_hint: knobs}
+        assert apply.kept_default == ([kernel.name_hint] if kept_default else [])
         return after[kernel]
 
     def scheduled(knobs):
         return topi_sparse.schedule_pattern_conv2d(mod[kernel], HOST.family, knobs)
 
-    tvm.ir.assert_structural_equal(applied(database), scheduled(None), map_free_vars=True)
+    default_knobs = topi_sparse.declared_knobs(mod[kernel])
+    assert default_knobs != OTHER_KNOBS
+    tvm.ir.assert_structural_equal(applied(database, default_knobs, True), scheduled(None), map_free_vars=True)
     log_runs(database, workload, traced(workload, OTHER_KNOBS), [0.5, 0.5])  # now it is faster
-    tvm.ir.assert_structural_equal(applied(database), scheduled(OTHER_KNOBS), map_free_vars=True)
+    tvm.ir.assert_structural_equal(applied(database, OTHER_KNOBS, False), scheduled(OTHER_KNOBS),
+                                   map_free_vars=True)

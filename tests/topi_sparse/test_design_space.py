@@ -71,6 +71,23 @@ def test_default_schedule_is_a_point_of_the_space():
     assert [kernel.knobs.tile_w] == [d[-1] for d in _decisions(default)][:1]
 
 
+def test_every_point_of_the_space_reports_the_knobs_that_rebuild_it():
+    # scheduled_knobs reads what a (tuned) schedule chose; fixed knobs give the same function.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 8, 7, 12)).astype(np.float32)
+    kernel = _kernel(x, make_weight(rng, 32, 8, 3, 3, 16, "aligned", 0.5), 1, 1, 16)
+    assert topi_sparse.scheduled_knobs(kernel.compute) is None
+    assert topi_sparse.scheduled_knobs(kernel.func) == kernel.knobs
+    seen = set()
+    for seed in (1, 2, 3):
+        for space in topi_sparse.pattern_conv2d_design_spaces(s_tir.Schedule(kernel.compute, seed=seed), "x86"):
+            knobs = topi_sparse.scheduled_knobs(space.mod["main"])
+            seen.add((knobs.order, knobs.vectorize_store, knobs.unroll_store))
+            rebuilt = topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", knobs)
+            tvm.ir.assert_structural_equal(rebuilt.without_attr("tirx.is_scheduled"), space.mod["main"])
+    assert len(seen) == 12
+
+
 @pytest.mark.parametrize("tile_h,order,store,unroll_store,unroll_entries", [
     (2, "row", True, False, 1), (2, "group", False, True, 2), (1, "row", False, False, 4), (1, "group", True, True, 3),
     (2, "column", True, False, 2), (1, "column", False, True, 1),

@@ -25,7 +25,6 @@ from topi_sparse import (
     PatternConvKnobs,
     PatternConvShape,
     UnsupportedTargetError,
-    default_pattern_conv_knobs,
     kernel_operands,
     pattern_conv2d_primfunc,
 )
