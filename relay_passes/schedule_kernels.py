@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
 from tvm.ir import IRModule
 from tvm.ir.utils import derived_object
@@ -108,12 +109,19 @@ def rank_tuned_records(
     When ``family`` is given and the workload is our kernel, its default schedule
     (``topi_sparse.default_schedule_trace``) comes first unless the best schedule is
     faster by more than ``margin``: tuning then never replaces it by a tie. Each returned
-    record carries the schedule's median time as its one ``run_secs`` value.
+    record carries the schedule's median time as its one ``run_secs`` value. Records of
+    our kernel made by an earlier version of its schedule are left out
+    (``topi_sparse.is_current_trace``): they stay in the log, unused.
     """
+    records = [r for r in database.get_top_k(workload, max(1, len(database))) if r.run_secs]  # all of them
+    if _is_our_kernel(workload.mod):
+        current = [r for r in records if topi_sparse.is_current_trace(r.trace)]
+        if len(current) < len(records):
+            _note_stale(workload, len(records) - len(current))
+        records = current
     runs: dict[str, list] = defaultdict(list)
-    for record in database.get_top_k(workload, max(1, len(database))):  # all (top_k is reserved up front)
-        if record.run_secs:
-            runs[str(record.trace)].append(record)
+    for record in records:
+        runs[str(record.trace)].append(record)
     median = {key: float(np.median([np.median([float(s) for s in r.run_secs]) for r in group]))
               for key, group in runs.items()}
     order = sorted(runs, key=median.__getitem__)
@@ -123,6 +131,22 @@ def rank_tuned_records(
         order.remove(default_key)
         order.insert(0, default_key)
     return [_with_time(runs[key][0], median[key]) for key in order]
+
+
+def _is_our_kernel(mod: IRModule) -> bool:
+    func = mod["main"]
+    return isinstance(func, tirx.PrimFunc) and bool(func.attrs) and topi_sparse.KERNEL_ATTR in func.attrs
+
+
+_stale_noted: set[int] = set()
+
+
+def _note_stale(workload: ms.database.Workload, count: int) -> None:
+    key = tvm_ffi.structural_hash(workload.mod)
+    if key not in _stale_noted:  # ranking runs often per workload: say it once per process
+        _stale_noted.add(key)
+        logger.info("tuning log: %d records of a sparse kernel come from an earlier version of its "
+                    "schedule and are not used (re-tune to replace them)", count)
 
 
 def _with_time(record: ms.database.TuningRecord, seconds: float) -> ms.database.TuningRecord:

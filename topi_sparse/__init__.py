@@ -20,8 +20,10 @@ from .knobs import (
     default_pattern_conv_knobs,
     max_accumulators,
     scheduled_knobs,
+    trace_schedule_id,
 )
 from .pattern_conv2d import PatternConvShape, kernel_operands, pattern_conv2d_nchw
+from .x86 import SCHEDULE_ID as _CPU_SCHEDULE_ID
 from .x86 import apply_pattern_conv2d_cpu, pattern_conv2d_cpu_spaces
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "apply_default_schedule",
     "declared_knobs",
     "default_schedule_trace",
+    "is_current_trace",
     "is_unscheduled_kernel",
     "kernel_operands",
     "max_accumulators",
@@ -46,6 +49,7 @@ __all__ = [
     "pattern_conv2d_primfunc",
     "schedule_pattern_conv2d",
     "scheduled_knobs",
+    "trace_schedule_id",
     "SCHEDULED_FAMILIES",
 ]
 
@@ -55,6 +59,8 @@ _SCHEDULES = {
     "arm_cpu": (apply_pattern_conv2d_cpu, pattern_conv2d_cpu_spaces),
 }
 SCHEDULED_FAMILIES = tuple(_SCHEDULES)
+# the schedule ids the code here makes (x86 and arm_cpu share one schedule)
+_CURRENT_SCHEDULE_IDS = frozenset({_CPU_SCHEDULE_ID})
 # PrimFunc attribute that marks our kernels (value: the kernel's name); the Relax
 # pipeline schedules marked functions that tuning did not schedule already.
 KERNEL_ATTR = "mcpruner.kernel"
@@ -123,6 +129,15 @@ def default_schedule_trace(mod: IRModule, family: str) -> s_tir.Trace | None:
     sch = s_tir.Schedule(mod)
     apply_default_schedule(sch, family, declared_knobs(func))
     return sch.trace
+
+
+def is_current_trace(trace: s_tir.Trace) -> bool:
+    """True when a trace of our kernel comes from a schedule this code still makes.
+
+    Traces logged by an earlier version of a schedule replay its old loop structure;
+    the choice among logged records (``relay_passes.rank_tuned_records``) skips them.
+    """
+    return trace_schedule_id(trace) in _CURRENT_SCHEDULE_IDS
 
 
 def declared_knobs(func: tirx.PrimFunc) -> PatternConvKnobs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["KNOBS_ANNOTATION", "LOOP_ORDERS", "MAX_UNROLL_ENTRIES", "PatternConvKnobs", "cheaper_loop_order",
-           "default_pattern_conv_knobs", "max_accumulators", "scheduled_knobs"]
+           "default_pattern_conv_knobs", "max_accumulators", "scheduled_knobs", "trace_schedule_id"]
 
 # Accumulator vectors a register tile may use: the ISA's vector registers minus the
 # weight vector and a little slack for the compiler (AVX-512 and NEON have 32, AVX2 16).
@@ -128,8 +128,20 @@ def scheduled_knobs(func) -> PatternConvKnobs | None:
         return None
     if KNOBS_ANNOTATION not in annotations:
         return None  # unscheduled, or scheduled by a log written before knobs were recorded
-    knobs = dict(item.split("=") for item in str(annotations[KNOBS_ANNOTATION]).split(";"))
+    knobs = _parse_knobs_annotation(str(annotations[KNOBS_ANNOTATION]))
     sizes = {name: int(annotations[f"{KNOBS_ANNOTATION}.{name}"]) for name in ("tile_w", "tile_h", "unroll_entries")}
     return PatternConvKnobs(
         lanes=int(func.attrs["mcpruner.lanes"]), order=knobs["order"],
         vectorize_store=knobs["vectorize_store"] == "1", unroll_store=knobs["unroll_store"] == "1", **sizes)
+
+
+def _parse_knobs_annotation(value: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in value.split(";"))
+
+
+def trace_schedule_id(trace) -> str | None:
+    """The schedule id a trace of our kernel was made with (None: made before ids existed)."""
+    for inst in trace.insts:
+        if inst.kind.name == "Annotate" and str(inst.attrs[0]) == KNOBS_ANNOTATION:
+            return _parse_knobs_annotation(str(inst.inputs[1])).get("schedule")
+    return None

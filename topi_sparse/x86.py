@@ -33,10 +33,23 @@ from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
-from .knobs import KNOBS_ANNOTATION, LOOP_ORDERS, MAX_UNROLL_ENTRIES, PatternConvKnobs, max_accumulators
+from .knobs import (
+    KNOBS_ANNOTATION,
+    LOOP_ORDERS,
+    MAX_UNROLL_ENTRIES,
+    PatternConvKnobs,
+    max_accumulators,
+)
 from .pattern_conv2d import ROW_MULTIPLE
 
-__all__ = ["apply_pattern_conv2d_cpu", "pattern_conv2d_cpu_spaces", "schedule_pattern_conv2d_cpu"]
+__all__ = ["SCHEDULE_ID", "apply_pattern_conv2d_cpu", "pattern_conv2d_cpu_spaces", "schedule_pattern_conv2d_cpu"]
+
+# Recorded in every trace (the knobs annotation). Change it when a change here makes the
+# traces logged by earlier code build something else than they did when measured (a new
+# loop structure, a moved stage): tuning logs keep their records, and the choice among
+# them skips the ones of another id (``topi_sparse.is_current_trace``). cpu-2: knobs
+# recorded, the padded copy split by rows in "row" order.
+SCHEDULE_ID = "cpu-2"
 
 
 def schedule_pattern_conv2d_cpu(func: tirx.PrimFunc, knobs: PatternConvKnobs) -> tirx.PrimFunc:
@@ -178,7 +191,8 @@ def _schedule_conv(sch: s_tir.Schedule, order: str, store: _StoreStyle, *, lanes
     # The chosen knobs, readable from the scheduled function (scheduled_knobs): the
     # sampled ones are recorded as their decisions, so a tuned schedule reports its own.
     # (One plain value per annotation: a trace prints and logs those, not a dict of them.)
-    sch.annotate(out, KNOBS_ANNOTATION, f"order={order};vectorize_store={int(store.vectorize_columns)};"
+    sch.annotate(out, KNOBS_ANNOTATION, f"schedule={SCHEDULE_ID};order={order};"
+                                        f"vectorize_store={int(store.vectorize_columns)};"
                                         f"unroll_store={int(store.unroll_lanes)}")
     for name, value in (("tile_w", tw), ("tile_h", th), ("unroll_entries", unroll)):
         sch.annotate(out, f"{KNOBS_ANNOTATION}.{name}", value)

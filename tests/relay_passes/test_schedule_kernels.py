@@ -12,8 +12,13 @@ from tvm.s_tir import meta_schedule as ms
 
 import topi_sparse
 import tvm_mcpruner as mcp
-from relay_passes import (ApplyTuningDatabase, RewriteSparseConv2d, ScheduleSparseKernels, rank_tuned_records,
-                          to_tir_stage)
+from relay_passes import (
+    ApplyTuningDatabase,
+    RewriteSparseConv2d,
+    ScheduleSparseKernels,
+    rank_tuned_records,
+    to_tir_stage,
+)
 
 HOST = mcp.get_preset("host")
 
@@ -117,6 +122,25 @@ def test_the_default_stays_unless_a_schedule_beats_its_median_by_the_margin(defa
     # without the family (no default known) it is the plain order of the medians
     plain = rank_tuned_records(database, database.commit_workload(workload))
     assert str(plain[0].trace) == str(min([(np.median(tuned_runs), str(tuned)), (np.median(default_runs), str(default))])[1])
+
+
+def test_records_of_an_earlier_schedule_version_are_left_out(caplog):
+    # A trace logged by earlier code replays its old loop structure: ranked out, kept in the log.
+    workload, _ = kernel_workload()
+    default = topi_sparse.default_schedule_trace(workload, HOST.family)
+    assert topi_sparse.trace_schedule_id(default) == topi_sparse.x86.SCHEDULE_ID
+    old_trace = traced(workload, OTHER_KNOBS)
+    kept = [inst for inst in old_trace.insts if not (inst.kind.name == "Annotate"
+                                                     and str(inst.attrs[0]).startswith(topi_sparse.KNOBS_ANNOTATION))]
+    old = s_tir.Trace(kept, {inst: d for inst, d in old_trace.decisions.items() if inst in kept})
+    assert topi_sparse.trace_schedule_id(old) is None and not topi_sparse.is_current_trace(old)
+    database = ms.database.MemoryDatabase()
+    log_runs(database, workload, old, [0.1])  # far faster, but from another schedule version
+    log_runs(database, workload, default, [1.0])
+    with caplog.at_level("INFO", logger="tvm_mcpruner"):
+        ranked = rank_tuned_records(database, database.commit_workload(workload), HOST.family)
+    assert [str(r.trace) for r in ranked] == [str(default)]
+    assert len(database.get_all_tuning_records()) == 2 and "earlier version of its schedule" in caplog.text
 
 
 def test_apply_tuning_database_schedules_the_kernel_with_the_chosen_record():
