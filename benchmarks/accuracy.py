@@ -43,6 +43,7 @@ BASELINE_LR, FINETUNE_LR = 0.05, 0.01
 # Every pruned variant (ours and the alternatives) fine-tunes with the same recipe: SGD
 # from FINETUNE_LR with cosine decay to 0 and distillation from the dense baseline.
 DISTILL, TEMPERATURE = 0.7, 4.0
+WEIGHT_DECAY = 5e-4
 AGREEMENT_GOAL = 0.999
 
 
@@ -57,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-epochs", type=int, default=15)
     p.add_argument("--prune-epochs", type=int, default=6, help="epochs per pruned variant (all methods)")
     p.add_argument("--finetune-lr", type=float, default=FINETUNE_LR)
+    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="fine-tuning weight decay (all methods)")
     p.add_argument("--distill", type=float, default=DISTILL,
                    help="weight of distillation from the dense baseline while fine-tuning (0: plain cross-entropy)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -119,11 +121,20 @@ def finetune_config(args: argparse.Namespace, variant: str, teacher: torch.nn.Mo
     copy of the model it is given), the alternatives get ``teacher``. ``variant`` names the
     run's checkpoint folder (with ``--checkpoint-dir``)."""
     checkpoint = None
-    if args.checkpoint_dir is not None:  # the epochs and seed in the name: a changed command starts afresh
-        checkpoint = args.checkpoint_dir / f"{variant}_{args.prune_epochs}ep_seed{args.seed}"
+    if args.checkpoint_dir is not None:  # the recipe in the name: a changed command starts afresh
+        checkpoint = args.checkpoint_dir / f"{variant}_{args.prune_epochs}ep_seed{args.seed}{_recipe_tag(args)}"
     return TrainConfig(epochs=epochs, lr=args.finetune_lr, distill=args.distill, temperature=TEMPERATURE,
-                       teacher=teacher if args.distill else None, progress=sys.stderr.isatty(),
-                       checkpoint_dir=checkpoint)
+                       weight_decay=args.weight_decay, teacher=teacher if args.distill else None,
+                       progress=sys.stderr.isatty(), checkpoint_dir=checkpoint)
+
+
+def _recipe_tag(args: argparse.Namespace) -> str:
+    """The fine-tuning settings that differ from the defaults, for checkpoint folder names
+    (empty with the defaults, so folders of earlier runs keep their names)."""
+    changed = [(name, value) for name, value, default in (
+        ("lr", args.finetune_lr, FINETUNE_LR), ("distill", args.distill, DISTILL),
+        ("wd", args.weight_decay, WEIGHT_DECAY), ("batch", args.batch_size, 128)) if value != default]
+    return "".join(f"_{name}{value:g}" for name, value in changed)
 
 
 def run_ours(model, schedule: str, ratio: float, args, train: ImageData, test: ImageData, name: str = "model"):
@@ -297,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "quick": args.quick, "data": f"{train.name}: {len(train)} train, "
         f"{len(test)} test images", "settings": {k: str(v) for k, v in vars(args).items()}, "models": {},
-        "recipe": (f"{args.prune_epochs} epochs, SGD (Nesterov, weight decay 5e-4) from lr {args.finetune_lr:g} "
+        "recipe": (f"{args.prune_epochs} epochs, SGD (Nesterov, weight decay {args.weight_decay:g}) from lr "
+                   f"{args.finetune_lr:g} "
                    f"with cosine decay to 0"
                    + (f", distillation from the dense baseline (weight {args.distill:g}, T={TEMPERATURE:g})"
                       if args.distill else "") + "; BatchNorm statistics re-estimated at the end"),

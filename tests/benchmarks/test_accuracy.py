@@ -37,3 +37,14 @@ def test_quick_mode_prunes_compares_and_compiles(tmp_path):
     assert "| 8x | unstructured magnitude |" in (tmp_path / "accuracy_quick.md").read_text()
     model, meta = accuracy.load_pruned(tmp_path / "assets" / "vgg11_small_fmnist_pruned_8x.pt")
     assert meta["ratio"] == 8 and meta["report"]["mac_reduction"] >= 8
+
+
+def test_checkpoint_folders_name_the_recipe_so_a_changed_one_starts_afresh(tmp_path):
+    accuracy = _load("accuracy")
+    default = accuracy.parse_args(["--checkpoint-dir", str(tmp_path), "--prune-epochs", "80"])
+    assert accuracy.finetune_config(default, "m_8x_iterative").checkpoint_dir == tmp_path / "m_8x_iterative_80ep_seed0"
+    changed = accuracy.parse_args(["--checkpoint-dir", str(tmp_path), "--prune-epochs", "80",
+                                   "--weight-decay", "1e-4", "--finetune-lr", "0.02"])
+    config = accuracy.finetune_config(changed, "m_8x_iterative")
+    assert config.checkpoint_dir == tmp_path / "m_8x_iterative_80ep_seed0_lr0.02_wd0.0001"
+    assert (config.lr, config.weight_decay) == (0.02, 1e-4)
