@@ -15,6 +15,7 @@ from tvm import IRModule, s_tir, te, tirx
 from .knobs import (
     KNOBS_ANNOTATION,
     LOOP_ORDERS,
+    SEARCHED_LOOP_ORDERS,
     PatternConvKnobs,
     cheaper_loop_order,
     default_pattern_conv_knobs,
@@ -30,6 +31,7 @@ __all__ = [
     "KERNEL_ATTR",
     "KNOBS_ANNOTATION",
     "LOOP_ORDERS",
+    "SEARCHED_LOOP_ORDERS",
     "PatternConvKnobs",
     "PatternConvShape",
     "PatternConvKernel",

@@ -35,8 +35,8 @@ from tvm import s_tir, tirx
 
 from .knobs import (
     KNOBS_ANNOTATION,
-    LOOP_ORDERS,
     MAX_UNROLL_ENTRIES,
+    SEARCHED_LOOP_ORDERS,
     PatternConvKnobs,
     max_accumulators,
 )
@@ -67,7 +67,7 @@ def apply_pattern_conv2d_cpu(sch: s_tir.Schedule, knobs: PatternConvKnobs) -> No
 
 
 def pattern_conv2d_cpu_spaces(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
-    """MetaSchedule design spaces: one per (loop order, store style), tiles and unroll sampled.
+    """MetaSchedule design spaces: one per (searched loop order, store style), tiles and unroll sampled.
 
     Tile widths are divisors of ``acc``'s padded columns up to the accumulator budget,
     tile heights divisors of its (padded) rows up to ``ROW_MULTIPLE``, entry unroll depths
@@ -75,7 +75,7 @@ def pattern_conv2d_cpu_spaces(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
     register file are left in (they spill and measure slow; the cost model learns it).
     """
     spaces = []
-    for order, vectorize, unroll in itertools.product(LOOP_ORDERS, (True, False), (False, True)):
+    for order, vectorize, unroll in itertools.product(SEARCHED_LOOP_ORDERS, (True, False), (False, True)):
         space = sch.copy()
         space.seed(sch.fork_seed())
         _schedule_pad(space, order)
