@@ -122,11 +122,16 @@ def side_by_side(mod, x, ref, log_dir: Path, threads: int, repeats: int) -> dict
         main = compiled.vm["main"]
         runners[name] = lambda main=main: main(arg)
     runners["default_again"] = runners["default"]
+    # The FMA probe in the same rounds: it reads about half when the VM's two vCPUs share
+    # one core, a state in which schedules rank differently (tuning_s8_3x3.md).
+    runners[C.PEAK_PROBE], probe_flops = C.fma_peak_probe(threads)
     times = C.time_interleaved(runners, repeats=repeats)
+    probe = [probe_flops / (t * 1e-3) / 1e9 for t in times.pop(C.PEAK_PROBE)]
     knobs = [k for k in builds["tuned"].tuned_knobs.values() if k is not None]
     return {name: statistics.median(ts) for name, ts in times.items()} | {
         "tuned_functions": builds["tuned"].tuned_functions,
-        "tuned_knobs": knobs[0].describe() if knobs else None}
+        "tuned_knobs": knobs[0].describe() if knobs else None,
+        "probe_gflops_min": min(probe), "probe_gflops_max": max(probe)}
 
 
 def part1(layers, args, workdir: Path) -> list[dict[str, Any]]:
@@ -147,7 +152,8 @@ def part1(layers, args, workdir: Path) -> list[dict[str, Any]]:
                "tuned_gflops_nonzero": 2 * nonzero / (timed["tuned"] * 1e-3) / 1e9,
                "default_gflops_nonzero": 2 * nonzero / (timed["default"] * 1e-3) / 1e9,
                "log_dir": str(log_dir), "log_applied": bool(timed["tuned_functions"]),
-               "applied_knobs": timed["tuned_knobs"]}
+               "applied_knobs": timed["tuned_knobs"],
+               "probe_gflops_min": timed["probe_gflops_min"], "probe_gflops_max": timed["probe_gflops_max"]}
         print(f"{row['layer']:<28} default {row['default_ms']:.4f} ms  tuned {row['tuned_ms']:.4f} ms  "
               f"{row['speedup']:.2f}x  A/A {row['aa_ratio']:.2f}  ({row['trials']} trials, {row['tune_wall_s']:.0f} s"
               f"{', default kept' if row['chose_default'] else ''})",
@@ -218,12 +224,12 @@ def markdown(info, peak, rows1, rows2, wall_s) -> str:
                     f"{rows1[0]['trials']} measured candidates per layer incl. the default)\n")
         text.append(C.md_table(
             ["layer", "default ms", "tuned ms", "speedup", "A/A (noise)", "tuner: default/best", "applied",
-             "tuned GF/s nz",
-             "tuned % peak", "trials", "tune s"],
+             "tuned GF/s nz", "tuned % peak", "FMA probe GF/s (min-max)", "trials", "tune s"],
             [[r["layer"], C.fmt(r["default_ms"], ".4f"), C.fmt(r["tuned_ms"], ".4f"), C.fmt(r["speedup"]),
               C.fmt(r.get("aa_ratio")), C.fmt(r["tuner_default_ms"] / r["tuner_best_ms"]),
               "default" if r.get("chose_default") else (r.get("applied_knobs") or "tuned"),
-              C.fmt(r["tuned_gflops_nonzero"], ".0f"), C.fmt(r["tuned_pct_peak"], ".0f"), r["trials"],
+              C.fmt(r["tuned_gflops_nonzero"], ".0f"), C.fmt(r["tuned_pct_peak"], ".0f"),
+              f"{C.fmt(r.get('probe_gflops_min'), '.0f')}-{C.fmt(r.get('probe_gflops_max'), '.0f')}", r["trials"],
               C.fmt(r["tune_wall_s"], ".0f")] for r in rows1]))
         text.append(f"\nMedian speedup over the default knobs: {statistics.median(speedups):.2f}x "
                     f"(min {min(speedups):.2f}x, max {max(speedups):.2f}x); layers slower after tuning "
@@ -239,7 +245,9 @@ def markdown(info, peak, rows1, rows2, wall_s) -> str:
                         f"'tuner: default/best' is the tuner's own measurement of the gain: medians over "
                         f"each schedule's runs (the search's and {CONFIRM_NOTE}); 'applied' says whether "
                         f"compile kept the default or applied a tuned schedule, and then its knobs (a tuned "
-                        f"one must beat the default's median by {100 * CHOICE_MARGIN:.0f}%).")
+                        f"one must beat the default's median by {100 * CHOICE_MARGIN:.0f}%). 'FMA probe' is the FMA "
+                        f"loop timed in the same rounds: about half the run's peak means the two threads "
+                        f"shared one core while that row was timed.")
         tuned = [r["speedup"] for r in rows1 if not r.get("chose_default", False)]
         if tuned:
             text.append(f"\nLayers where a tuned schedule was applied: {len(tuned)} of {len(rows1)}, median "

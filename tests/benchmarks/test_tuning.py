@@ -22,6 +22,9 @@ def test_quick_run_writes_results_with_an_aa_control(tmp_path):
         # MetaSchedule ranks records by their mean, the report gives medians: allow a little
         assert row["trials"] >= 1 and row["tuner_best_ms"] <= 1.1 * row["tuner_default_ms"]
         assert row["default_again_ms"] > 0 and row["aa_ratio"] > 0
+        assert 0 < row["probe_gflops_min"] <= row["probe_gflops_max"]  # the FMA loop timed alongside
+        # the knobs compile applied when it took a tuned schedule, in words
+        assert row["chose_default"] or row["applied_knobs"] is None or "order" in row["applied_knobs"]
     text = (tmp_path / "tuning_quick.md").read_text()
     assert "A/A control" in text and "Median speedup over the default knobs" in text
     assert payload["peak"]["peak_gflops"] > 0
