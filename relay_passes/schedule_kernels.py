@@ -117,7 +117,7 @@ def rank_tuned_records(
     if _is_our_kernel(workload.mod):
         current = [r for r in records if topi_sparse.is_current_trace(r.trace)]
         if len(current) < len(records):
-            _note_stale(workload, len(records) - len(current))
+            _note_stale(database, workload, len(records) - len(current))
         records = current
     runs: dict[str, list] = defaultdict(list)
     for record in records:
@@ -138,12 +138,12 @@ def _is_our_kernel(mod: IRModule) -> bool:
     return isinstance(func, tirx.PrimFunc) and bool(func.attrs) and topi_sparse.KERNEL_ATTR in func.attrs
 
 
-_stale_noted: set[int] = set()
+_stale_noted: set[tuple[int, int]] = set()
 
 
-def _note_stale(workload: ms.database.Workload, count: int) -> None:
-    key = tvm_ffi.structural_hash(workload.mod)
-    if key not in _stale_noted:  # ranking runs often per workload: say it once per process
+def _note_stale(database: ms.database.Database, workload: ms.database.Workload, count: int) -> None:
+    key = (id(database), tvm_ffi.structural_hash(workload.mod))
+    if key not in _stale_noted:  # ranking runs often per workload: say it once per opened log
         _stale_noted.add(key)
         logger.info("tuning log: %d records of a sparse kernel come from an earlier version of its "
                     "schedule and are not used (re-tune to replace them)", count)

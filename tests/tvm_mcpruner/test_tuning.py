@@ -19,7 +19,8 @@ from tvm.s_tir import meta_schedule as ms
 import tvm_mcpruner as mcp
 from tests._arm import require_arm_emulation
 from tvm_mcpruner import arm_emulation, rpc_farm
-from tvm_mcpruner.tuning import _resolve_emulated
+from tests.relay_passes.test_schedule_kernels import OTHER_KNOBS, kernel_workload, log_runs, traced, without_knobs
+from tvm_mcpruner.tuning import _resolve_emulated, _SearchView
 from tvm_mcpruner.tuning_log import PROVENANCE_FILE, RECORD_FILE, log_provenance, log_target, target_signature
 
 TOLERANCE = 1e-4  # relative to the output's max magnitude, as everywhere else
@@ -180,3 +181,19 @@ def test_cli_tune_forwards_confirm_rounds(monkeypatch):
     monkeypatch.setattr(cli, "_model_module", lambda args: "MOD")
     assert cli._cmd_tune(cli._parser().parse_args(["tune", "--confirm-rounds", "0"])) == 0
     assert seen["confirm_rounds"] == 0
+
+
+def test_the_search_starts_from_current_schedules_only_and_writes_to_the_log():
+    workload, _ = kernel_workload()
+    database = ms.database.MemoryDatabase()
+    fast_but_stale = without_knobs(traced(workload, OTHER_KNOBS))
+    log_runs(database, workload, fast_but_stale, [0.1])
+    current = traced(workload, OTHER_KNOBS)
+    log_runs(database, workload, current, [1.0, 1.2])  # two runs: one record, their median
+    view = _SearchView(database)
+    entry = view.commit_workload(workload)
+    (seed,) = view.get_top_k(entry, 10)
+    assert str(seed.trace) == str(current) and float(seed.run_secs[0]) == pytest.approx(1.1e-3)
+    view.commit_tuning_record(ms.database.TuningRecord(current, entry, [9e-4], mcp.get_preset("host").tvm_target(),
+                                                       seed.args_info))
+    assert len(database.get_all_tuning_records()) == len(view) == 4  # written through, nothing dropped
