@@ -22,7 +22,7 @@ MAX_UNROLL_ENTRIES = 4
 # against the default order on the 3x3 suite it measured 0.78-0.87x on the 224/112-wide
 # layers (session 7), and its two threads write the same output cache lines wherever a
 # strip boundary falls inside one: a column-order schedule the tuner timed 1.04x faster
-# ran 0.44x and 0.84x in the compiled layer when the VM's vCPUs were placed otherwise
+# ran 0.44x and 0.84x in the compiled layer, in another state of this shared VM
 # (128->128 3x3/s2 @56, session 8).
 LOOP_ORDERS = ("group", "row", "column")
 SEARCHED_LOOP_ORDERS = ("group", "row")

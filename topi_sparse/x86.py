@@ -113,8 +113,8 @@ def _schedule_pad(sch: s_tir.Schedule, order: str) -> None:
     those keep the channel split (contiguous writes). Measured against the channel split in
     row order, 2 threads, four interleaved A/B runs over the widest 3x3 layers (session 8):
     in two runs 1.04-1.50x on the rows of 58-226 floats (the 224- and 112-wide layers
-    1.09-1.50x), in the other two 0.93-1.00x; this VM's two vCPUs change placement, and the
-    channel split's cross-core reads only cost in some placements. Rows of 16 floats
+    1.09-1.50x), in the other two 0.93-1.00x: this shared VM changes state (its FMA probe
+    reads half at times), and the channel split's cross-core reads only cost in some states. Rows of 16 floats
     measured 0.75-0.88x, 30 floats 0.99-1.03x.
     """
     try:
