@@ -114,7 +114,7 @@ def rank_tuned_records(
     (``topi_sparse.is_current_trace``): they stay in the log, unused.
     """
     records = [r for r in database.get_top_k(workload, max(1, len(database))) if r.run_secs]  # all of them
-    if _is_our_kernel(workload.mod):
+    if topi_sparse.is_kernel(workload.mod["main"]):
         current = [r for r in records if topi_sparse.is_current_trace(r.trace)]
         if len(current) < len(records):
             _note_stale(database, workload, len(records) - len(current))
@@ -131,11 +131,6 @@ def rank_tuned_records(
         order.remove(default_key)
         order.insert(0, default_key)
     return [_with_time(runs[key][0], median[key]) for key in order]
-
-
-def _is_our_kernel(mod: IRModule) -> bool:
-    func = mod["main"]
-    return isinstance(func, tirx.PrimFunc) and bool(func.attrs) and topi_sparse.KERNEL_ATTR in func.attrs
 
 
 _stale_noted: set[tuple[int, int]] = set()

@@ -43,6 +43,7 @@ __all__ = [
     "declared_knobs",
     "default_schedule_trace",
     "is_current_trace",
+    "is_kernel",
     "is_unscheduled_kernel",
     "kernel_operands",
     "max_accumulators",
@@ -101,10 +102,14 @@ def pattern_conv2d_compute(
     })
 
 
+def is_kernel(func) -> bool:
+    """True for a PrimFunc of one of our kernels (marked :data:`KERNEL_ATTR`), scheduled or not."""
+    return isinstance(func, tirx.PrimFunc) and bool(func.attrs) and KERNEL_ATTR in func.attrs
+
+
 def is_unscheduled_kernel(func) -> bool:
     """True for a ``topi_sparse`` compute that no schedule (default or tuned) reached yet."""
-    attrs = func.attrs if isinstance(func, tirx.PrimFunc) else None
-    return bool(attrs) and KERNEL_ATTR in attrs and not attrs.get("tirx.is_scheduled", False)
+    return is_kernel(func) and not func.attrs.get("tirx.is_scheduled", False)
 
 
 def schedule_pattern_conv2d(
@@ -125,7 +130,7 @@ def default_schedule_trace(mod: IRModule, family: str) -> s_tir.Trace | None:
     and the choice among logged records can compare against it.
     """
     func = mod["main"]
-    if not (isinstance(func, tirx.PrimFunc) and func.attrs and KERNEL_ATTR in func.attrs):
+    if not is_kernel(func):
         return None
     _check_family(family)
     sch = s_tir.Schedule(mod)

@@ -274,7 +274,7 @@ def _tune_contexts(extracted, preset: TargetPreset, search: str, sparse_only: bo
         func = task.dispatched[0]["main"]
         if func.attrs and func.attrs.get("tirx.is_scheduled", False):
             continue
-        sparse = bool(func.attrs) and topi_sparse.KERNEL_ATTR in func.attrs
+        sparse = topi_sparse.is_kernel(func)
         if sparse_only and not sparse:
             continue
         space = _sparse_space(preset.family) if sparse else "post-order-apply"
@@ -500,7 +500,7 @@ def _sparse_calls(mod: tvm.IRModule) -> list[relax.Call]:
     def visit(expr):
         if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
             callee = mod[expr.args[0]]
-            if callee.attrs and topi_sparse.KERNEL_ATTR in callee.attrs:
+            if topi_sparse.is_kernel(callee):
                 calls.append(expr)
 
     for _, func in mod.functions_items():
