@@ -29,8 +29,6 @@ own design space (:func:`pattern_conv2d_cpu_spaces`).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-
 from tvm import s_tir, tirx
 
 from .knobs import (
@@ -62,8 +60,8 @@ def schedule_pattern_conv2d_cpu(func: tirx.PrimFunc, knobs: PatternConvKnobs) ->
 def apply_pattern_conv2d_cpu(sch: s_tir.Schedule, knobs: PatternConvKnobs) -> None:
     """Apply the schedule with fixed ``knobs`` (recorded as sampling decisions) to ``sch``."""
     _schedule_pad(sch, knobs.order)
-    _schedule_conv(sch, knobs.order, _StoreStyle(knobs.vectorize_store, knobs.unroll_store), lanes=knobs.lanes,
-                   tile_w=knobs.tile_w, tile_h=knobs.tile_h, unroll_entries=knobs.unroll_entries)
+    _schedule_conv(sch, knobs.order, vectorize_store=knobs.vectorize_store, unroll_store=knobs.unroll_store,
+                   lanes=knobs.lanes, tile_w=knobs.tile_w, tile_h=knobs.tile_h, unroll_entries=knobs.unroll_entries)
 
 
 def pattern_conv2d_cpu_spaces(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
@@ -79,20 +77,14 @@ def pattern_conv2d_cpu_spaces(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
         space = sch.copy()
         space.seed(sch.fork_seed())
         _schedule_pad(space, order)
-        _schedule_conv(space, order, _StoreStyle(vectorize, unroll), lanes=_lanes(space), tile_w=None, tile_h=None,
-                       unroll_entries=None)
+        _schedule_conv(space, order, vectorize_store=vectorize, unroll_store=unroll, lanes=_lanes(space),
+                       tile_w=None, tile_h=None, unroll_entries=None)
         spaces.append(space)
     return spaces
 
 
 # Narrowest padded input row (floats) whose copy is split by rows in "row" order.
 _ROW_SPLIT_MIN_WIDTH = 24
-
-
-@dataclass(frozen=True)
-class _StoreStyle:
-    vectorize_columns: bool  # PatternConvKnobs.vectorize_store
-    unroll_lanes: bool  # PatternConvKnobs.unroll_store
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int:
@@ -140,9 +132,12 @@ def _padded_row_width(sch: s_tir.Schedule) -> int:
     return int(sch.mod["main"].attrs["mcpruner.padded_width"])
 
 
-def _schedule_conv(sch: s_tir.Schedule, order: str, store: _StoreStyle, *, lanes: int,
+def _schedule_conv(sch: s_tir.Schedule, order: str, *, vectorize_store: bool, unroll_store: bool, lanes: int,
                    tile_w: int | None, tile_h: int | None, unroll_entries: int | None) -> None:
-    """The conv nest; tile sizes and unroll depth are fixed (recorded as decisions), or None to sample."""
+    """The conv nest; tile sizes and unroll depth are fixed (recorded as decisions), or None to sample.
+
+    The keyword arguments mean what the :class:`PatternConvKnobs` fields of the same names do.
+    """
     out = sch.get_sblock("out")
     acc = sch.get_sblock("acc")
     _, _, acc_oh, acc_ow = sch.get_loops(acc)[:4]
@@ -181,8 +176,8 @@ def _schedule_conv(sch: s_tir.Schedule, order: str, store: _StoreStyle, *, lanes
     sch.unroll(col)
     sch.unroll(row)
     sch.parallel(sch.fuse(*outer))
-    sch.vectorize(wi) if store.vectorize_columns else sch.unroll(wi)
-    if store.unroll_lanes:
+    sch.vectorize(wi) if vectorize_store else sch.unroll(wi)
+    if unroll_store:
         sch.unroll(vo)
     # Initialising acc must happen per tile, outside the entry loops (after parallel and
     # vectorize, or decompose_reduction refuses the non-compact dataflow).
@@ -192,7 +187,7 @@ def _schedule_conv(sch: s_tir.Schedule, order: str, store: _StoreStyle, *, lanes
     # sampled ones are recorded as their decisions, so a tuned schedule reports its own.
     # (One plain value per annotation: a trace prints and logs those, not a dict of them.)
     sch.annotate(out, KNOBS_ANNOTATION, f"schedule={SCHEDULE_ID};order={order};"
-                                        f"vectorize_store={int(store.vectorize_columns)};"
-                                        f"unroll_store={int(store.unroll_lanes)}")
+                                        f"vectorize_store={int(vectorize_store)};"
+                                        f"unroll_store={int(unroll_store)}")
     for name, value in (("tile_w", tw), ("tile_h", th), ("unroll_entries", unroll)):
         sch.annotate(out, f"{KNOBS_ANNOTATION}.{name}", value)
