@@ -16,7 +16,7 @@ from tvm.s_tir import meta_schedule as ms
 import topi_sparse
 from tvm_mcpruner.targets import preset_for_tvm_target
 
-__all__ = ["CHOICE_MARGIN", "ApplyTuningDatabase", "ScheduleSparseKernels", "rank_tuned_records"]
+__all__ = ["CHOICE_MARGIN", "ApplyTuningDatabase", "RankedTuningView", "ScheduleSparseKernels", "rank_tuned_records"]
 
 logger = logging.getLogger("tvm_mcpruner")
 
@@ -56,7 +56,7 @@ class ApplyTuningDatabase:
         defaults = {gvar.name_hint: topi_sparse.declared_knobs(func) for gvar, func in mod.functions_items()
                     if topi_sparse.is_unscheduled_kernel(func)}
         family = self.family or preset_for_tvm_target(tvm.target.Target.current()).family
-        with _RankedByMedian(self.database, family):
+        with RankedTuningView(self.database, family):
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
         self.applied = sorted(_scheduled(mod) - before)
         functions = {gvar.name_hint: func for gvar, func in mod.functions_items()}
@@ -150,13 +150,20 @@ def _with_time(record: ms.database.TuningRecord, seconds: float) -> ms.database.
 
 
 @derived_object
-class _RankedByMedian(ms.database.PyDatabase):
-    """A read-only view of a database whose ``get_top_k`` is :func:`rank_tuned_records`."""
+class RankedTuningView(ms.database.PyDatabase):
+    """A tuning log seen through :func:`rank_tuned_records`: ``get_top_k`` lists each
+    current schedule once, by the median of its runs.
 
-    def __init__(self, database: ms.database.Database, family: str | None):
+    Compile applies a log through it read-only (``family`` set: our kernels' default
+    schedule keeps its place against ties); the tuner's search starts from its top
+    records and, with ``writable=True``, writes its measurements through to the log.
+    """
+
+    def __init__(self, database: ms.database.Database, family: str | None = None, writable: bool = False):
         super().__init__()
         self.database = database
         self.family = family
+        self.writable = writable
 
     def has_workload(self, mod: IRModule) -> bool:
         return self.database.has_workload(mod)
@@ -165,7 +172,9 @@ class _RankedByMedian(ms.database.PyDatabase):
         return self.database.commit_workload(mod)  # returns the logged one; adds nothing if present
 
     def commit_tuning_record(self, record: ms.database.TuningRecord) -> None:
-        raise TypeError("applying a tuning log never writes to it")
+        if not self.writable:
+            raise TypeError("applying a tuning log never writes to it")
+        self.database.commit_tuning_record(record)
 
     def get_top_k(self, workload: ms.database.Workload, top_k: int) -> list[ms.database.TuningRecord]:
         return rank_tuned_records(self.database, workload, self.family)[:top_k]

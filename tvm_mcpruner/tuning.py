@@ -47,7 +47,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 import topi_sparse
-from relay_passes import RewriteSparseConv2d, rank_tuned_records, to_tir_stage
+from relay_passes import RankedTuningView, RewriteSparseConv2d, rank_tuned_records, to_tir_stage
 
 from .targets import TargetPreset, _host_cpu_name, get_preset, usable_cpus
 from .tuning_log import RECORD_FILE, append_provenance, default_log_dir, open_tuning_log, target_signature
@@ -217,7 +217,7 @@ def tune(
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(work_dir),
                 max_trials_global=budget, num_trials_per_iter=min(trials_per_iter, budget),
-                builder=builder, runner=runner, database=_SearchView(database),
+                builder=builder, runner=runner, database=RankedTuningView(database, writable=True),
                 cost_model=_cost_model(search), task_scheduler="gradient",
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), bar],
             )
@@ -381,35 +381,6 @@ def _measure_and_log(ctx: ms.TuneContext, traces: list, database, builder, runne
                 traces[i], workload, run_secs, ctx.target, args_info))
             times[i].append(_median_ms(run_secs))
     return times
-
-
-@derived_object
-class _SearchView(ms.database.PyDatabase):
-    """The tuning log as the search sees it: writes go to the log; ``get_top_k`` (the
-    records the evolutionary search starts from) lists each schedule once, by the median
-    of its runs, without records of an earlier schedule version (``rank_tuned_records``)."""
-
-    def __init__(self, database: ms.database.Database):
-        super().__init__()
-        self.database = database
-
-    def has_workload(self, mod: tvm.IRModule) -> bool:
-        return self.database.has_workload(mod)
-
-    def commit_workload(self, mod: tvm.IRModule) -> ms.database.Workload:
-        return self.database.commit_workload(mod)
-
-    def commit_tuning_record(self, record: ms.database.TuningRecord) -> None:
-        self.database.commit_tuning_record(record)
-
-    def get_top_k(self, workload: ms.database.Workload, top_k: int) -> list[ms.database.TuningRecord]:
-        return rank_tuned_records(self.database, workload)[:top_k]
-
-    def get_all_tuning_records(self) -> list[ms.database.TuningRecord]:
-        return self.database.get_all_tuning_records()
-
-    def __len__(self) -> int:
-        return len(self.database)
 
 
 def _schedules_measured(database, ctx: ms.TuneContext) -> int:

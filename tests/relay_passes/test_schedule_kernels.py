@@ -14,6 +14,7 @@ import topi_sparse
 import tvm_mcpruner as mcp
 from relay_passes import (
     ApplyTuningDatabase,
+    RankedTuningView,
     RewriteSparseConv2d,
     ScheduleSparseKernels,
     rank_tuned_records,
@@ -123,6 +124,18 @@ def test_the_default_stays_unless_a_schedule_beats_its_median_by_the_margin(defa
     # without the family (no default known) it is the plain order of the medians
     plain = rank_tuned_records(database, database.commit_workload(workload))
     assert str(plain[0].trace) == str(min([(np.median(tuned_runs), str(tuned)), (np.median(default_runs), str(default))])[1])
+
+
+def test_the_ranked_view_applies_a_log_without_writing_to_it():
+    workload, _ = kernel_workload()
+    database = ms.database.MemoryDatabase()
+    log_runs(database, workload, traced(workload, OTHER_KNOBS), [1.0, 3.0])
+    view = RankedTuningView(database, HOST.family)
+    (top,) = view.get_top_k(view.commit_workload(workload), 5)
+    assert float(top.run_secs[0]) * 1e3 == pytest.approx(2.0)  # one record, the median of both runs
+    with pytest.raises(TypeError, match="never writes"):
+        view.commit_tuning_record(top)
+    assert len(view) == len(database) == 2
 
 
 def without_knobs(trace: s_tir.Trace) -> s_tir.Trace:

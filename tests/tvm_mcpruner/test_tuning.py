@@ -20,7 +20,8 @@ import tvm_mcpruner as mcp
 from tests._arm import require_arm_emulation
 from tvm_mcpruner import arm_emulation, rpc_farm
 from tests.relay_passes.test_schedule_kernels import OTHER_KNOBS, kernel_workload, log_runs, traced, without_knobs
-from tvm_mcpruner.tuning import _resolve_emulated, _SearchView
+from relay_passes import RankedTuningView
+from tvm_mcpruner.tuning import _resolve_emulated
 from tvm_mcpruner.tuning_log import PROVENANCE_FILE, RECORD_FILE, log_provenance, log_target, target_signature
 
 TOLERANCE = 1e-4  # relative to the output's max magnitude, as everywhere else
@@ -190,7 +191,7 @@ def test_the_search_starts_from_current_schedules_only_and_writes_to_the_log():
     log_runs(database, workload, fast_but_stale, [0.1])
     current = traced(workload, OTHER_KNOBS)
     log_runs(database, workload, current, [1.0, 1.2])  # two runs: one record, their median
-    view = _SearchView(database)
+    view = RankedTuningView(database, writable=True)
     entry = view.commit_workload(workload)
     (seed,) = view.get_top_k(entry, 10)
     assert str(seed.trace) == str(current) and float(seed.run_secs[0]) == pytest.approx(1.1e-3)
