@@ -18,12 +18,21 @@ one over the groups. :func:`pattern_major_padding` counts what that costs on the
 own output (``mcp.prune`` of each layer, 8-pattern library): the ratio of kernels such a
 kernel would issue to the kernels ours issues, reported beside the headroom.
 
+The third variant is another *kernel form* (issue 5: could tuning gain by choosing
+between forms?): vectors along output columns instead of along filters. Each entry loads
+its input row as :data:`COLUMN_FORM_VECTORS` column vectors and broadcasts the weight of
+each of :data:`COLUMN_FORM_FILTERS` filters; the tile needs no transpose (it is the
+output's layout) and issues ``filters x vectors`` FMAs per ``vectors`` input loads and
+``filters`` weight broadcasts. It only exists for stride 1 (a strided row is a gather)
+and pads the output columns to whole tiles. Its outputs are checked against ours.
+
 Usage::
 
     python benchmarks/kernel_variants.py [--threads 2] [--repeats 7] [--out benchmarks/results]
 
 Writes ``kernel_variants.json`` + ``.md``: per layer, ms of both variants (interleaved
-medians, same threads) and the headroom ``index ms / ablation ms``.
+medians, same threads), the headroom ``index ms / ablation ms`` and ``index ms /
+column-form ms``.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import _common  # noqa: E402  (puts the repository on sys.path)
 import numpy as np  # noqa: E402
 import tvm  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-from tvm import te, tirx  # noqa: E402
+from tvm import s_tir, te, tirx  # noqa: E402
 
 import topi_sparse  # noqa: E402
 from topi_sparse.pattern_conv2d import pattern_conv2d_nchw  # noqa: E402
@@ -55,6 +64,12 @@ LAYERS = [(64, 64, 56, 1), (128, 128, 56, 2), (128, 128, 28, 1), (256, 256, 28, 
           (256, 256, 56, 1), (512, 512, 28, 1)]
 PATTERN_TAPS = 4
 KEEP = 0.5
+# The column-vector form's tile: filters of one group per tile x output columns (two
+# 16-float vectors). The best of the four tiles tried on the wide layers (session 9):
+# 8x32 and 4x2x32 (two rows) alike, 4x64 at most as fast, 8x48 (24 vectors) 0.6x.
+COLUMN_FORM_FILTERS = 8
+COLUMN_FORM_VECTORS = 2
+COLUMN_FORM = "column-vector form"
 
 
 def aligned_weight(rng: np.random.Generator, o: int, c: int, lanes: int, keep: float = KEEP) -> np.ndarray:
@@ -151,6 +166,46 @@ def ablation_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc:
     return schedule_pattern_conv2d_cpu(func, kernel.knobs)
 
 
+def column_form_width() -> int:
+    return COLUMN_FORM_VECTORS * _common.mcp.get_preset("host").vector_width
+
+
+def column_form_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc:
+    """The same layer in the column-vector form (module docstring); stride 1 only.
+
+    ``kernel`` must have been built with ``tile_w = column_form_width()`` (its compute
+    pads the output columns to it and sizes the padded input for it).
+    """
+    vector, width = _common.mcp.get_preset("host").vector_width, column_form_width()
+    if kernel.shape.stride != 1 or kernel.knobs.tile_w != width:
+        raise ValueError("the column form needs stride 1 and a compute built for its tile width")
+    sch = s_tir.Schedule(kernel.compute)
+    topi_sparse.x86._schedule_pad(sch, "row")
+    out, acc = sch.get_sblock("out"), sch.get_sblock("acc")
+    n, o, oh, ow = sch.get_loops(out)
+    group, lane = sch.split(o, [None, kernel.shape.lanes])
+    chunk, filters = sch.split(lane, [None, COLUMN_FORM_FILTERS])
+    rows, row = sch.split(oh, [None, 1])
+    strips, columns = sch.split(ow, [None, width])
+    sch.reorder(n, rows, group, strips, chunk, row, filters, columns)
+    sch.compute_at(acc, chunk, preserve_unit_loops=True)
+    sch.set_scope(acc, 0, "global")
+    acc_row, acc_col, acc_lane, entry = sch.get_loops(acc)[-4:]
+    vectors, in_vector = sch.split(acc_col, [None, vector])
+    sch.reorder(entry, acc_row, acc_lane, vectors, in_vector)
+    # the tile as the output lays it out: filters x columns, columns contiguous
+    sch.transform_layout(acc, ("write", 0), lambda n_, g, y, x, v: (n_, g, y, v, x))
+    sch.vectorize(in_vector)
+    for loop in (vectors, acc_lane, acc_row):
+        sch.unroll(loop)
+    sch.parallel(sch.fuse(n, rows, group))
+    store_vectors, store_lanes = sch.split(columns, [None, vector])
+    sch.vectorize(store_lanes)
+    sch.unroll(store_vectors)
+    sch.decompose_reduction(acc, entry)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
 def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats: int) -> dict:
     prepared = prepare_kernel(c, o, size, stride, seed=c * 1000 + size)
     kernel, operands, out = prepared.kernel, prepared.operands, prepared.out
@@ -159,7 +214,16 @@ def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats:
         "index buffer": tvm.compile(tvm.IRModule({"main": kernel.func}), target=target),
         "ablation: no index loads": tvm.compile(tvm.IRModule({"main": ablation_primfunc(kernel)}), target=target),
     }
+    if stride == 1:  # the column form of the same weight and input, checked against ours
+        column = prepare_kernel(c, o, size, stride, seed=c * 1000 + size, knobs_change={"tile_w": column_form_width()})
+        assert np.array_equal(column.x.reshape(prepared.x.shape), prepared.x)  # same seed, same draws
+        libs[COLUMN_FORM] = tvm.compile(tvm.IRModule({"main": column_form_primfunc(column.kernel)}), target=target)
+        libs[COLUMN_FORM](*column.operands, column.out)
+        libs["index buffer"](*operands, out)
+        np.testing.assert_allclose(column.out.numpy(), out.numpy(), rtol=1e-4, atol=1e-4)
     runners = {name: (lambda lib=lib: lib(*operands, out)) for name, lib in libs.items()}
+    if stride == 1:
+        runners[COLUMN_FORM] = lambda: libs[COLUMN_FORM](*column.operands, column.out)
     times = _common.time_interleaved(runners, repeats=repeats)
     ms = {name: statistics.median(t) for name, t in times.items()}
     flops = 2 * prepared.packed.stored_macs_per_pixel * kernel.shape.out_height * kernel.shape.out_width
@@ -171,7 +235,9 @@ def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats:
         "entries_per_group": kernel.shape.entries, "ms": ms,
         "gflops_nonzero": {name: flops / (t * 1e-3) / 1e9 for name, t in ms.items()},
         "headroom": ms["index buffer"] / ms["ablation: no index loads"],
+        "column_form_speedup": ms["index buffer"] / ms[COLUMN_FORM] if COLUMN_FORM in ms else None,
     }
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,20 +255,24 @@ def main(argv: list[str] | None = None) -> int:
     headroom = statistics.median(r["headroom"] for r in rows)
     padding = statistics.median(r["pattern_major"]["ratio"] for r in rows)
     losing = sum(r["pattern_major"]["ratio"] > r["headroom"] for r in rows)
+    column = [r["column_form_speedup"] for r in rows if r["column_form_speedup"]]
     info = {"machine": _common.machine_info(), "threads": args.threads, "repeats": args.repeats,
             "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "sparsity": f"{PATTERN_TAPS}-of-9 patterns, {KEEP:.0%} of kernels kept per group"}
     payload = {**info, "layers": rows, "median_headroom": headroom, "median_pattern_major_padding": padding,
+               "median_ours_vs_column_form": statistics.median(column) if column else None,
                "layers_where_padding_exceeds_headroom": losing,
                "wall_s": round(time.perf_counter() - start, 1)}
     table = _common.md_table(
         ["layer", "tile", "E", "index buffer ms", "ablation ms", "headroom", "GF/s non-zero (index)",
-         "pattern-major kernels / ours (pruned)"],
+         "pattern-major kernels / ours (pruned)", "column form ms", "ours vs column form"],
         [(r["layer"], r["tile_w"], r["entries_per_group"], f"{r['ms']['index buffer']:.3f}",
           f"{r['ms']['ablation: no index loads']:.3f}", f"{r['headroom']:.2f}x",
           f"{r['gflops_nonzero']['index buffer']:.0f}",
           f"{r['pattern_major']['kernels_pattern_major']} / {r['pattern_major']['kernels_ours']} = "
-          f"{r['pattern_major']['ratio']:.2f}x") for r in rows])
+          f"{r['pattern_major']['ratio']:.2f}x",
+          _common.fmt(r["ms"].get(COLUMN_FORM), ".3f"),
+          _common.fmt(r["column_form_speedup"]) + ("x" if r["column_form_speedup"] else "")) for r in rows])
     markdown = "\n".join([
         "# Weight specialisation headroom (index buffer vs no index loads)", "",
         f"- {info['date']}, `{info['command']}`, {info['machine']['cpu']}, {args.threads} threads, "
@@ -215,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         table, "", f"median headroom: {headroom:.2f}x; median pattern-major padding: {padding:.2f}x",
         "", f"Layers where the padding costs more than removing every index load could save "
         f"(pattern-major ratio > headroom): {losing} of {len(rows)}. A per-pattern kernel removes 3 "
-        f"of each kernel's 4 index loads and issues the padding ratio more FMAs."])
+        f"of each kernel's 4 index loads and issues the padding ratio more FMAs.", "",
+        f"Column-vector form ({COLUMN_FORM_FILTERS} filters x {COLUMN_FORM_VECTORS} column vectors per tile, "
+        f"stride-1 layers, outputs checked against ours): ours / column form median "
+        f"{statistics.median(column):.2f}x (min {min(column):.2f}x, max {max(column):.2f}x; above 1: ours is "
+        f"faster)." if column else ""])
     _common.write_results(args.out, "kernel_variants", payload, markdown)
     print(f"median headroom {headroom:.2f}x; wrote {args.out}/kernel_variants.json/.md")
     return 0

@@ -1,9 +1,13 @@
 """benchmarks/kernel_variants.py: the ablation is the kernel's own compute without index
-loads, and one layer measures end to end (never its speed)."""
+loads, the column-vector form computes the same outputs, and one layer measures end to
+end (never its speed)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
+import tvm
 
 import topi_sparse
 from tvm_mcpruner.sparse_format import pack_pattern_weights
@@ -15,8 +19,23 @@ kernel_variants = _load("kernel_variants")
 
 def test_one_layer_measures_the_kernel_and_its_ablation_without_index_loads():
     row = kernel_variants.measure_layer(8, 16, 6, 1, threads=2, repeats=1)
-    assert set(row["ms"]) == {"index buffer", "ablation: no index loads"} and row["headroom"] > 0
+    assert set(row["ms"]) == {"index buffer", "ablation: no index loads", kernel_variants.COLUMN_FORM}
+    assert row["headroom"] > 0 and row["column_form_speedup"] > 0
     assert row["pattern_major"]["ratio"] >= 1
+    strided = kernel_variants.measure_layer(8, 16, 6, 2, threads=2, repeats=1)
+    assert kernel_variants.COLUMN_FORM not in strided["ms"] and strided["column_form_speedup"] is None
+
+
+@pytest.mark.parametrize("c, o, size", [(8, 16, 6), (16, 32, 13), (3, 16, 40)])
+def test_the_column_form_computes_what_the_kernel_computes(c, o, size):
+    """On a layer the CI runs quickly: its outputs equal the dense conv's (float32 sums in
+    another order: rtol 1e-4, atol 1e-4), whatever the padding of its columns."""
+    column = kernel_variants.prepare_kernel(c, o, size, 1, seed=size, knobs_change={"tile_w": kernel_variants.column_form_width()})
+    lib = tvm.compile(tvm.IRModule({"main": kernel_variants.column_form_primfunc(column.kernel)}), target="llvm")
+    lib(*column.operands, column.out)
+    expected = torch.nn.functional.conv2d(torch.from_numpy(column.x.reshape(1, c, size, size)),
+                                          torch.from_numpy(column.weight), padding=1)
+    np.testing.assert_allclose(column.out.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_ablation_reads_no_offsets():
