@@ -554,12 +554,12 @@ def header_markdown(title: str, info: dict[str, Any], peak: dict[str, Any], wall
         f"- versions: {versions}",
         f"- TVM dense: {info['tvm_dense']}",
         f"- timing: {info['timing']}; {info['repeats']} repeats",
-        (f"- peak, measured in this run before / after the benchmarks: {_peak_pair(peak)}; "
+        (f"- peak, measured in this run before / after the benchmarks: {peak_pair(peak)}; "
         f"% of peak uses the largest, {peak['peak_gflops']} GFLOP/s ({peak['peak_source']})"),
     ])
 
 
-def _peak_pair(peak: dict[str, Any]) -> str:
+def peak_pair(peak: dict[str, Any]) -> str:
     def one(p: dict[str, Any]) -> str:
         return f"torch {p['torch_gemm']} {p['torch_gemm_gflops']}, TVM FMA loop {p['tvm_fma_loop_gflops']} GFLOP/s"
 
