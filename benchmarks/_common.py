@@ -42,7 +42,7 @@ from tvm import relax
 
 import tvm_mcpruner as mcp
 from tvm_mcpruner.benchmark import flushed_denormals, machine_info, onnxruntime_session, rel_error, set_threads
-from tvm_mcpruner.targets import usable_cpus
+from tvm_mcpruner.targets import host_cpu_name, usable_cpus
 
 logger = logging.getLogger("mcpruner.benchmarks")
 
@@ -173,10 +173,6 @@ def vm_runner(executable: Any, x: np.ndarray) -> tuple[Runner, relax.VirtualMach
 
 def host_target() -> tvm.target.Target:
     return mcp.get_preset("host").tvm_target()
-
-
-def host_cpu_name() -> str:
-    return str(tvm.target.codegen.llvm_get_system_cpu())
 
 
 # ----------------------------------------------------------------------------- MetaSchedule
@@ -497,7 +493,7 @@ def run_info(threads: int, tuner: DenseTuner, repeats: int, tuning: dict[str, An
     info = machine_info()
     info.update(
         threads=threads, cores_available=usable_cpus(),
-        llvm_cpu=host_cpu_name(), platform=platform.platform(),
+        platform=platform.platform(),
         versions={"tvm": tvm.__version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                   "numpy": np.__version__, "tvm_mcpruner": mcp.__version__},
     )

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .targets import host_cpu_name
+
 __all__ = [
     "ComparisonResult",
     "FrameworkTiming",
@@ -82,7 +84,9 @@ def machine_info() -> dict[str, Any]:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version()}
+    # The model name may be masked by a VM ("AMD EPYC"); LLVM's CPU name tells the generation.
+    return {"cpu": cpu, "llvm_cpu": host_cpu_name(), "logical_cpus": os.cpu_count(),
+            "python": platform.python_version()}
 
 
 def set_threads(threads: int) -> None:

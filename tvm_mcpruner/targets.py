@@ -46,7 +46,7 @@ class TargetPreset:
         target = dict(self.target)
         if self.name == "host" and "mcpu" not in target:
             # Asked of LLVM only here, so reading a preset never loads TVM.
-            mcpu = _host_cpu_name()
+            mcpu = host_cpu_name()
             if mcpu != "generic":
                 target["mcpu"] = mcpu
         if self.host is None:
@@ -86,7 +86,12 @@ def usable_cpus() -> int:
     return len(usable_cpu_ids())
 
 
-def _host_cpu_name() -> str:
+def host_cpu_name() -> str:
+    """LLVM's name of this machine's CPU (e.g. ``znver4``), read from CPUID now.
+
+    It names the microarchitecture even where a VM masks the model name ("AMD EPYC"), so
+    it keys tuning logs (``autotune_logs/<it>``) and is recorded with every measurement.
+    """
     try:
         import tvm
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tvm_mcpruner.targets import host_cpu_name
+
 
 def _load(name: str):
     """Import benchmarks/<name>.py by path (benchmarks/ is a folder of scripts, not a package)."""
@@ -57,7 +59,7 @@ def test_tuning_ledger_skips_tasks_tuned_with_the_same_or_a_larger_budget(tmp_pa
     assert common.DenseTuner(4, root=tmp_path).pending(tasks) == []     # smaller budget: nothing
     bigger = common.DenseTuner(16, root=tmp_path).pending(tasks)
     assert [missing for _, missing in bigger] == [8] * len(tasks)       # only the missing trials
-    assert tuner.db_dir == tmp_path / common.host_cpu_name() / "dense"
+    assert tuner.db_dir == tmp_path / host_cpu_name() / "dense"
 
 
 @pytest.mark.slow
