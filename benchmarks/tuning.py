@@ -154,6 +154,10 @@ def part1(layers, args, workdir: Path) -> list[dict[str, Any]]:
                "log_dir": str(log_dir), "log_applied": bool(timed["tuned_functions"]),
                "applied_knobs": timed["tuned_knobs"],
                "probe_gflops_min": timed["probe_gflops_min"], "probe_gflops_max": timed["probe_gflops_max"]}
+        # The FMA bound of this layer in the state it was timed in: no schedule issues fewer
+        # FMAs than the non-zero MACs, nor faster than the probe in the same rounds.
+        row["default_pct_probe"] = 100 * row["default_gflops_nonzero"] / row["probe_gflops_max"]
+        row["ceiling"] = row["probe_gflops_max"] / row["default_gflops_nonzero"]
         print(f"{row['layer']:<28} default {row['default_ms']:.4f} ms  tuned {row['tuned_ms']:.4f} ms  "
               f"{row['speedup']:.2f}x  A/A {row['aa_ratio']:.2f}  ({row['trials']} trials, {row['tune_wall_s']:.0f} s"
               f"{', default kept' if row['chose_default'] else ''})",
@@ -224,12 +228,14 @@ def markdown(info, peak, rows1, rows2, wall_s) -> str:
                     f"{rows1[0]['trials']} measured candidates per layer incl. the default)\n")
         text.append(C.md_table(
             ["layer", "default ms", "tuned ms", "speedup", "A/A (noise)", "tuner: default/best", "applied",
-             "tuned GF/s nz", "tuned % peak", "FMA probe GF/s (min-max)", "trials", "tune s"],
+             "tuned GF/s nz", "tuned % peak", "FMA probe GF/s (min-max)", "default % of probe", "ceiling",
+             "trials", "tune s"],
             [[r["layer"], C.fmt(r["default_ms"], ".4f"), C.fmt(r["tuned_ms"], ".4f"), C.fmt(r["speedup"]),
               C.fmt(r.get("aa_ratio")), C.fmt(r["tuner_default_ms"] / r["tuner_best_ms"]),
               "default" if r.get("chose_default") else (r.get("applied_knobs") or "tuned"),
               C.fmt(r["tuned_gflops_nonzero"], ".0f"), C.fmt(r["tuned_pct_peak"], ".0f"),
-              f"{C.fmt(r.get('probe_gflops_min'), '.0f')}-{C.fmt(r.get('probe_gflops_max'), '.0f')}", r["trials"],
+              f"{C.fmt(r.get('probe_gflops_min'), '.0f')}-{C.fmt(r.get('probe_gflops_max'), '.0f')}",
+              C.fmt(r.get("default_pct_probe"), ".0f"), C.fmt(r.get("ceiling")), r["trials"],
               C.fmt(r["tune_wall_s"], ".0f")] for r in rows1]))
         text.append(f"\nMedian speedup over the default knobs: {statistics.median(speedups):.2f}x "
                     f"(min {min(speedups):.2f}x, max {max(speedups):.2f}x); layers slower after tuning "
@@ -248,6 +254,16 @@ def markdown(info, peak, rows1, rows2, wall_s) -> str:
                         f"one must beat the default's median by {100 * CHOICE_MARGIN:.0f}%). 'FMA probe' is the FMA "
                         f"loop timed in the same rounds: about half the run's peak means the two threads "
                         f"shared one core while that row was timed.")
+        ceilings = [r["ceiling"] for r in rows1 if r.get("ceiling")]
+        if ceilings:
+            text.append(f"\nFMA bound: 'default % of probe' is the default's GFLOP/s on the non-zero MACs over "
+                        f"the FMA probe timed in the same rounds (same threads); 'ceiling' is its inverse, the "
+                        f"largest speedup any schedule could reach there (it would issue only the non-zero "
+                        f"MACs, at the probe's rate). Median ceiling {statistics.median(ceilings):.2f}x "
+                        f"(min {min(ceilings):.2f}x, max {max(ceilings):.2f}x); defaults within 5% of the "
+                        f"bound (ceiling <= 1.05): {sum(c <= 1.05 for c in ceilings)} of {len(ceilings)}; "
+                        f"layers where 1.2x is possible at all (ceiling >= 1.2): "
+                        f"{sum(c >= 1.2 for c in ceilings)} of {len(ceilings)}.")
         tuned = [r["speedup"] for r in rows1 if not r.get("chose_default", False)]
         if tuned:
             text.append(f"\nLayers where a tuned schedule was applied: {len(tuned)} of {len(rows1)}, median "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tvm_mcpruner.tuning_log import log_provenance
 
 from .test_layers import _load
@@ -23,10 +25,12 @@ def test_quick_run_writes_results_with_an_aa_control(tmp_path):
         assert row["trials"] >= 1 and row["tuner_best_ms"] <= 1.1 * row["tuner_default_ms"]
         assert row["default_again_ms"] > 0 and row["aa_ratio"] > 0
         assert 0 < row["probe_gflops_min"] <= row["probe_gflops_max"]  # the FMA loop timed alongside
+        # the FMA bound: the default's rate over the probe's, and the speedup left above it
+        assert row["ceiling"] == pytest.approx(100 / row["default_pct_probe"])
         # the knobs compile applied when it took a tuned schedule, in words
         assert row["chose_default"] or row["applied_knobs"] is None or "order" in row["applied_knobs"]
     text = (tmp_path / "tuning_quick.md").read_text()
-    assert "A/A control" in text and "Median speedup over the default knobs" in text
+    assert "A/A control" in text and "Median speedup over the default knobs" in text and "Median ceiling" in text
     assert payload["peak"]["peak_gflops"] > 0
     # --ship-log appends the records and says who measured them
     provenance = log_provenance(ship)
