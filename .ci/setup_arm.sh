@@ -22,7 +22,9 @@ export DEBIAN_FRONTEND=noninteractive
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
-for package in qemu-user gcc-aarch64-linux-gnu; do
+# libc6-dev-arm64-cross (crti.o, libc.so for linking) is only a Recommends of the cross
+# gcc, which --no-install-recommends leaves out: without it no shared library links.
+for package in qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross; do
     installed "$package" || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then

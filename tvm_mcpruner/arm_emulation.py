@@ -272,6 +272,7 @@ def setup(verbose: bool = True) -> Path:
     if _read_marker(_site()) != wanted["site"]:
         _build_site(verbose)
     _write_wrapper()
+    _check_cross_link()
     if _read_marker(cache_dir()) != wanted:
         check = "import tvm, tvm.rpc, numpy, cloudpickle; print(tvm.__version__, numpy.__version__)"
         proc = subprocess.run([_wrapper(), "-c", check], env=_emulator_env(), capture_output=True,
@@ -281,6 +282,24 @@ def setup(verbose: bool = True) -> Path:
                                     + (proc.stdout + proc.stderr)[-3000:])
         _write_marker(cache_dir(), wanted)
     return cache_dir()
+
+
+def _check_cross_link() -> None:
+    """Link an empty shared library with the cross compiler, as ``export_for_arm`` links.
+
+    The cross gcc installs without the aarch64 C library's development files (a
+    Recommends only): then every link fails on ``crti.o``, test after test.
+    """
+    if shutil.which(CROSS_COMPILER) is None:
+        raise ArmEmulationError(f"{CROSS_COMPILER} is not installed (apt-get install gcc-aarch64-linux-gnu)")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "empty.c"
+        source.write_text("int mcpruner_link_check(void) { return 0; }\n")
+        proc = subprocess.run([CROSS_COMPILER, "-shared", "-fPIC", "-o", str(Path(tmp) / "empty.so"), str(source)],
+                              capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise ArmEmulationError(f"{CROSS_COMPILER} cannot link a shared library (apt-get install "
+                                f"libc6-dev-arm64-cross):\n{(proc.stdout + proc.stderr)[-2000:]}")
 
 
 # --------------------------------------------------------------------------- server

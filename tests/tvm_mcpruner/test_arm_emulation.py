@@ -110,6 +110,22 @@ def test_unset_up_emulation_skips_locally_and_fails_in_ci(empty_cache, monkeypat
         require_arm_emulation()
 
 
+def test_a_cross_compiler_that_cannot_link_is_named_with_the_fix(monkeypatch, tmp_path):
+    # a stand-in for aarch64-linux-gnu-gcc without the aarch64 libc6-dev: the linker fails
+    failing = tmp_path / "cross-gcc"
+    failing.write_text("#!/bin/sh\necho 'ld: cannot find crti.o: No such file or directory' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setattr(arm_emulation, "CROSS_COMPILER", str(failing))
+    with pytest.raises(ArmEmulationError, match="(?s)cannot link a shared library.*libc6-dev-arm64-cross.*crti.o"):
+        arm_emulation._check_cross_link()
+
+
+@pytest.mark.arm
+def test_the_cross_compiler_links_a_shared_library():
+    require_arm_emulation()
+    arm_emulation._check_cross_link()  # raises with the fix when it cannot
+
+
 # ---------------------------------------------------------------------------------
 # the server (needs the emulation)
 # ---------------------------------------------------------------------------------
