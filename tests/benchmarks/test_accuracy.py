@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.slow
 def test_quick_mode_prunes_compares_and_compiles(tmp_path):
     accuracy = _load("accuracy")
-    payload = accuracy.main(["--quick", "--out", str(tmp_path), "--assets", str(tmp_path / "assets")])
+    baselines = ["--baseline-dir", str(tmp_path / "baselines")]  # trained by the first run, reused by the second
+    payload = accuracy.main(["--quick", "--out", str(tmp_path), "--assets", str(tmp_path / "assets"), *baselines])
     entry = payload["models"]["vgg11_small"]
     methods = [row["method"] for row in entry["rows"]]
     assert methods == ["pattern+connectivity (admm)", "pattern+connectivity (iterative)",
@@ -37,6 +38,12 @@ def test_quick_mode_prunes_compares_and_compiles(tmp_path):
     assert "| 8x | unstructured magnitude |" in (tmp_path / "accuracy_quick.md").read_text()
     model, meta = accuracy.load_pruned(tmp_path / "assets" / "vgg11_small_fmnist_pruned_8x.pt")
     assert meta["ratio"] == 8 and meta["report"]["mac_reduction"] >= 8
+    # The alternatives run alone (a process of their own) match the one-shot plan: the
+    # same MACs as beside our schedules, whose plan comes from the same weights and batch.
+    alone = accuracy.main(["--quick", "--schedules", "", "--alternatives", "unstructured", "--no-compile",
+                           "--out", str(tmp_path / "alone"), *baselines])
+    (row,) = alone["models"]["vgg11_small"]["rows"]
+    assert row["method"] == "unstructured magnitude" and row["mac_reduction"] == entry["rows"][2]["mac_reduction"]
 
 
 def test_checkpoint_folders_name_the_recipe_so_a_changed_one_starts_afresh(tmp_path):
