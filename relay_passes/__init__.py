@@ -12,6 +12,7 @@ from .pipeline import mcpruner_pipeline, to_tir_stage
 from .rewrite_sparse_conv2d import RewriteSparseConv2d, SparseLayerRecord
 from .schedule_kernels import (
     CHOICE_MARGIN,
+    CONFIRMED_RUNS,
     ApplyTuningDatabase,
     RankedTuningView,
     ScheduleSparseKernels,
@@ -20,6 +21,7 @@ from .schedule_kernels import (
 
 __all__ = [
     "CHOICE_MARGIN",
+    "CONFIRMED_RUNS",
     "ApplyTuningDatabase",
     "RankedTuningView",
     "RewriteSparseConv2d",

@@ -16,7 +16,7 @@ from tvm.s_tir import meta_schedule as ms
 import topi_sparse
 from tvm_mcpruner.targets import preset_for_tvm_target
 
-__all__ = ["CHOICE_MARGIN", "ApplyTuningDatabase", "RankedTuningView", "ScheduleSparseKernels", "rank_tuned_records"]
+__all__ = ["CHOICE_MARGIN", "CONFIRMED_RUNS", "ApplyTuningDatabase", "RankedTuningView", "ScheduleSparseKernels", "rank_tuned_records"]
 
 logger = logging.getLogger("tvm_mcpruner")
 
@@ -26,6 +26,13 @@ logger = logging.getLogger("tvm_mcpruner")
 # once can win by luck; the margin and the median over repeated runs keep such a pick
 # from replacing the default.
 CHOICE_MARGIN = 0.03
+# ... and only when it was timed as often as the default, up to this many runs: the
+# search's run plus the tuner's confirmation rounds (``tvm_mcpruner.tuning``), in which
+# the default and the best candidates take turns. A schedule the search timed once
+# cannot replace it: the search's runs read faster than the confirmation rounds on this
+# host (session 9: three candidates timed 0.24 ms by the search measured 0.31-0.34 ms
+# when confirmed, so a fourth, timed once at 0.27 ms, outranked them and the default).
+CONFIRMED_RUNS = 3
 
 
 @tvm.transform.module_pass(opt_level=0, name="ApplyTuningDatabase")
@@ -107,8 +114,10 @@ def rank_tuned_records(
     A schedule (a trace with its decisions) measured several times is ranked by the
     median of its measurements' medians, so one lucky run does not make it the winner.
     When ``family`` is given and the workload is our kernel, its default schedule
-    (``topi_sparse.default_schedule_trace``) comes first unless the best schedule is
-    faster by more than ``margin``: tuning then never replaces it by a tie. Each returned
+    (``topi_sparse.default_schedule_trace``) comes first unless the fastest schedule
+    timed at least as often as the default (counting up to :data:`CONFIRMED_RUNS` runs)
+    is faster by more than ``margin``, and then that one comes first: tuning never
+    replaces the default by a tie, nor by a schedule timed once. Each returned
     record carries the schedule's median time as its one ``run_secs`` value. Records of
     our kernel made by an earlier version of its schedule are left out
     (``topi_sparse.is_current_trace``): they stay in the log, unused.
@@ -127,9 +136,12 @@ def rank_tuned_records(
     order = sorted(runs, key=median.__getitem__)
     default = topi_sparse.default_schedule_trace(workload.mod, family) if family and order else None
     default_key = str(default) if default is not None else None
-    if default_key in median and median[order[0]] > median[default_key] * (1 - margin):
-        order.remove(default_key)
-        order.insert(0, default_key)
+    if default_key in median:
+        enough = min(len(runs[default_key]), CONFIRMED_RUNS)
+        rival = next((key for key in order if key != default_key and len(runs[key]) >= enough), None)
+        chosen = rival if rival is not None and median[rival] <= median[default_key] * (1 - margin) else default_key
+        order.remove(chosen)
+        order.insert(0, chosen)
     return [_with_time(runs[key][0], median[key]) for key in order]
 
 

@@ -47,7 +47,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 import topi_sparse
-from relay_passes import RankedTuningView, RewriteSparseConv2d, rank_tuned_records, to_tir_stage
+from relay_passes import CONFIRMED_RUNS, RankedTuningView, RewriteSparseConv2d, rank_tuned_records, to_tir_stage
 
 from .targets import TargetPreset, host_cpu_name, get_preset, usable_cpus
 from .tuning_log import RECORD_FILE, append_provenance, default_log_dir, open_tuning_log, target_signature
@@ -60,7 +60,7 @@ SEARCHES = ("xgb", "random")
 # After the search, this many of each task's fastest schedules (and our kernel's default)
 # are measured again: see ``tune(confirm_rounds=...)``.
 CONFIRM_CANDIDATES = 3
-CONFIRM_ROUNDS = 2
+CONFIRM_ROUNDS = CONFIRMED_RUNS - 1  # with the search's run: what compile needs to replace a default
 
 
 @dataclass

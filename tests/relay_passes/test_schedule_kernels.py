@@ -97,6 +97,7 @@ def log_runs(database, workload, trace, medians_ms):
 
 
 OTHER_KNOBS = topi_sparse.PatternConvKnobs(lanes=16, tile_w=4, tile_h=2, order="row")
+THIRD_KNOBS = topi_sparse.PatternConvKnobs(lanes=16, tile_w=2, tile_h=1, order="group", vectorize_store=False)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +106,9 @@ OTHER_KNOBS = topi_sparse.PatternConvKnobs(lanes=16, tile_w=4, tile_h=2, order="
         ([1.0], [0.90], True),              # 10% faster: beyond the margin
         ([1.0], [0.99], False),             # 1% faster: a tie, the default stays
         ([1.0, 1.0], [0.5, 1.1, 1.1], False),  # one lucky run; its median is slower
-        ([1.2, 1.0, 1.0], [0.95, 0.9], True),  # the default's slow outlier does not count either
+        ([1.2, 1.0, 1.0], [0.95, 0.9, 0.92], True),  # the default's slow outlier does not count either
+        ([1.0, 1.0, 1.0], [0.5], False),    # timed once (by the search), never confirmed: no rival
+        ([1.0, 1.0, 1.0, 1.0, 1.0], [0.9, 0.9, 0.9], True),  # CONFIRMED_RUNS runs are enough
     ],
 )
 def test_the_default_stays_unless_a_schedule_beats_its_median_by_the_margin(default_runs, tuned_runs, tuned_wins):
@@ -136,6 +139,22 @@ def test_the_ranked_view_applies_a_log_without_writing_to_it():
     with pytest.raises(TypeError, match="never writes"):
         view.commit_tuning_record(top)
     assert len(view) == len(database) == 2
+
+
+def test_an_unconfirmed_schedule_does_not_hide_a_confirmed_one():
+    # The search's single runs read fast; the confirmed candidate is the one compared.
+    workload, _ = kernel_workload()
+    default = topi_sparse.default_schedule_trace(workload, HOST.family)
+    confirmed, once = traced(workload, OTHER_KNOBS), traced(workload, THIRD_KNOBS)
+    database = ms.database.MemoryDatabase()
+    log_runs(database, workload, default, [1.0, 1.0, 1.0])
+    log_runs(database, workload, confirmed, [0.8, 0.9, 0.9])
+    log_runs(database, workload, once, [0.5])
+    ranked = rank_tuned_records(database, database.commit_workload(workload), HOST.family)
+    assert [str(r.trace) for r in ranked] == [str(confirmed), str(once), str(default)]
+    from tvm_mcpruner.tuning import CONFIRM_ROUNDS
+
+    assert schedule_kernels.CONFIRMED_RUNS == 1 + CONFIRM_ROUNDS  # what the tuner gives each
 
 
 def without_knobs(trace: s_tir.Trace) -> s_tir.Trace:
