@@ -16,7 +16,14 @@ from tvm.s_tir import meta_schedule as ms
 import topi_sparse
 from tvm_mcpruner.targets import preset_for_tvm_target
 
-__all__ = ["CHOICE_MARGIN", "CONFIRMED_RUNS", "ApplyTuningDatabase", "RankedTuningView", "ScheduleSparseKernels", "rank_tuned_records"]
+__all__ = [
+    "CHOICE_MARGIN",
+    "CONFIRMED_RUNS",
+    "ApplyTuningDatabase",
+    "RankedTuningView",
+    "ScheduleSparseKernels",
+    "rank_tuned_records",
+]
 
 logger = logging.getLogger("tvm_mcpruner")
 

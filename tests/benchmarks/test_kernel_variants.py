@@ -30,7 +30,8 @@ def test_one_layer_measures_the_kernel_and_its_ablation_without_index_loads():
 def test_the_column_form_computes_what_the_kernel_computes(c, o, size):
     """On a layer the CI runs quickly: its outputs equal the dense conv's (float32 sums in
     another order: rtol 1e-4, atol 1e-4), whatever the padding of its columns."""
-    column = kernel_variants.prepare_kernel(c, o, size, 1, seed=size, knobs_change={"tile_w": kernel_variants.column_form_width()})
+    column = kernel_variants.prepare_kernel(c, o, size, 1, seed=size,
+                                            knobs_change={"tile_w": kernel_variants.column_form_width()})
     lib = tvm.compile(tvm.IRModule({"main": kernel_variants.column_form_primfunc(column.kernel)}), target="llvm")
     lib(*column.operands, column.out)
     expected = torch.nn.functional.conv2d(torch.from_numpy(column.x.reshape(1, c, size, size)),
