@@ -180,7 +180,8 @@ def append_log(source: Path, destination: Path) -> None:
     records_before = len(dst.get_all_tuning_records())
     for entry in log_provenance(source).entries:
         append_provenance(destination, {**entry, "records_before": records_before,
-                                        "commit": _git_commit(),
+                                        # a log shipped from a scratch one keeps the commit that measured it
+                                        "commit": entry.get("commit") or _git_commit(),
                                         "note": "appended by benchmarks/tuning.py --ship-log"})
     for record in src.get_all_tuning_records():
         workload = dst.commit_workload(record.workload.mod)
