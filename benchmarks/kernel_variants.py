@@ -43,7 +43,9 @@ import functools
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -206,6 +208,19 @@ def column_form_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
+def column_form_runner(c: int, o: int, size: int, prepared: PreparedKernel, ours: Callable[[], Any],
+                       target) -> Callable[[], Any]:
+    """The column form of ``prepared``'s layer (same weight and input), its output checked
+    against ours (``ours()`` fills ``prepared.out``; float32 sums in another order)."""
+    column = prepare_kernel(c, o, size, 1, seed=c * 1000 + size, knobs_change={"tile_w": column_form_width()})
+    assert np.array_equal(column.x.reshape(prepared.x.shape), prepared.x)  # same seed, same draws
+    lib = tvm.compile(tvm.IRModule({"main": column_form_primfunc(column.kernel)}), target=target)
+    lib(*column.operands, column.out)
+    ours()
+    np.testing.assert_allclose(column.out.numpy(), prepared.out.numpy(), rtol=1e-4, atol=1e-4)
+    return lambda: lib(*column.operands, column.out)
+
+
 def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats: int) -> dict:
     prepared = prepare_kernel(c, o, size, stride, seed=c * 1000 + size)
     kernel, operands, out = prepared.kernel, prepared.operands, prepared.out
@@ -214,16 +229,9 @@ def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats:
         "index buffer": tvm.compile(tvm.IRModule({"main": kernel.func}), target=target),
         "ablation: no index loads": tvm.compile(tvm.IRModule({"main": ablation_primfunc(kernel)}), target=target),
     }
-    if stride == 1:  # the column form of the same weight and input, checked against ours
-        column = prepare_kernel(c, o, size, stride, seed=c * 1000 + size, knobs_change={"tile_w": column_form_width()})
-        assert np.array_equal(column.x.reshape(prepared.x.shape), prepared.x)  # same seed, same draws
-        libs[COLUMN_FORM] = tvm.compile(tvm.IRModule({"main": column_form_primfunc(column.kernel)}), target=target)
-        libs[COLUMN_FORM](*column.operands, column.out)
-        libs["index buffer"](*operands, out)
-        np.testing.assert_allclose(column.out.numpy(), out.numpy(), rtol=1e-4, atol=1e-4)
     runners = {name: (lambda lib=lib: lib(*operands, out)) for name, lib in libs.items()}
     if stride == 1:
-        runners[COLUMN_FORM] = lambda: libs[COLUMN_FORM](*column.operands, column.out)
+        runners[COLUMN_FORM] = column_form_runner(c, o, size, prepared, runners["index buffer"], target)
     times = _common.time_interleaved(runners, repeats=repeats)
     ms = {name: statistics.median(t) for name, t in times.items()}
     flops = 2 * prepared.packed.stored_macs_per_pixel * kernel.shape.out_height * kernel.shape.out_width

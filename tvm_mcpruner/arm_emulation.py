@@ -160,7 +160,7 @@ def status() -> str | None:
     if _qemu() is None:
         missing.append("qemu-aarch64 is not installed (apt-get install qemu-user)")
     if shutil.which(CROSS_COMPILER) is None:
-        missing.append(f"{CROSS_COMPILER} is not installed (apt-get install gcc-aarch64-linux-gnu)")
+        missing.append(_cross_compiler_missing())
     if _read_marker(_sysroot()) != wanted["sysroot"]:
         missing.append(f"no aarch64 sysroot in {_sysroot()}")
     if _read_marker(_site()) != wanted["site"]:
@@ -284,6 +284,10 @@ def setup(verbose: bool = True) -> Path:
     return cache_dir()
 
 
+def _cross_compiler_missing() -> str:
+    return f"{CROSS_COMPILER} is not installed (apt-get install gcc-aarch64-linux-gnu)"
+
+
 def _check_cross_link() -> None:
     """Link an empty shared library with the cross compiler, as ``export_for_arm`` links.
 
@@ -291,7 +295,7 @@ def _check_cross_link() -> None:
     Recommends only): then every link fails on ``crti.o``, test after test.
     """
     if shutil.which(CROSS_COMPILER) is None:
-        raise ArmEmulationError(f"{CROSS_COMPILER} is not installed (apt-get install gcc-aarch64-linux-gnu)")
+        raise ArmEmulationError(_cross_compiler_missing())
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "empty.c"
         source.write_text("int mcpruner_link_check(void) { return 0; }\n")
