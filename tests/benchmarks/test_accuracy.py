@@ -9,7 +9,7 @@ import pytest
 
 from tvm_mcpruner.data import FASHION_MNIST_DIR
 
-from .test_models import _load
+from . import load_benchmark
 
 pytestmark = pytest.mark.skipif(
     not FASHION_MNIST_DIR.is_dir() and os.environ.get("CI") != "true",
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.mark.slow
 def test_quick_mode_prunes_compares_and_compiles(tmp_path):
-    accuracy = _load("accuracy")
+    accuracy = load_benchmark("accuracy")
     baselines = ["--baseline-dir", str(tmp_path / "baselines")]  # trained by the first run, reused by the second
     payload = accuracy.main(["--quick", "--out", str(tmp_path), "--assets", str(tmp_path / "assets"), *baselines])
     entry = payload["models"]["vgg11_small"]
@@ -47,7 +47,7 @@ def test_quick_mode_prunes_compares_and_compiles(tmp_path):
 
 
 def test_checkpoint_folders_name_the_recipe_so_a_changed_one_starts_afresh(tmp_path):
-    accuracy = _load("accuracy")
+    accuracy = load_benchmark("accuracy")
     default = accuracy.parse_args(["--checkpoint-dir", str(tmp_path), "--prune-epochs", "80"])
     assert accuracy.finetune_config(default, "m_8x_iterative").checkpoint_dir == tmp_path / "m_8x_iterative_80ep_seed0"
     changed = accuracy.parse_args(["--checkpoint-dir", str(tmp_path), "--prune-epochs", "80",

@@ -12,9 +12,9 @@ import tvm
 import topi_sparse
 from tvm_mcpruner.sparse_format import pack_pattern_weights
 
-from .test_layers import _load
+from . import load_benchmark
 
-kernel_variants = _load("kernel_variants")
+kernel_variants = load_benchmark("kernel_variants")
 
 
 def test_one_layer_measures_the_kernel_and_its_ablation_without_index_loads():

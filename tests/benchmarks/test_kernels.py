@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from .test_layers import _load
+from . import load_benchmark
 
-kernels = _load("kernels")
+kernels = load_benchmark("kernels")
 
 
 def test_one_layer_gives_both_sparsities_against_the_concurrent_peak():

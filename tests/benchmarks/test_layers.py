@@ -6,28 +6,16 @@ matches torch), never the speed: timings on a shared CI machine mean nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from tvm_mcpruner.targets import host_cpu_name
 
-
-def _load(name: str):
-    """Import benchmarks/<name>.py by path (benchmarks/ is a folder of scripts, not a package)."""
-    key = f"mcpruner_benchmarks_{name}"
-    if key not in sys.modules:
-        path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(key, path)
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
+from . import load_benchmark
 
 
-layers = _load("layers")
+layers = load_benchmark("layers")
 common = layers.C  # benchmarks/_common.py, as the scripts import it
 
 

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-
-def _load(name: str):
-    """Import benchmarks/<name>.py by path (benchmarks/ is a folder of scripts, not a package)."""
-    key = f"mcpruner_benchmarks_{name}"
-    if key not in sys.modules:
-        path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(key, path)
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
+from . import load_benchmark
 
 
-models = _load("models")
+models = load_benchmark("models")
 
 
 def test_vgg16_keep_share_gives_8x_fewer_3x3_macs():

@@ -9,9 +9,9 @@ import pytest
 
 from tvm_mcpruner.tuning_log import log_provenance
 
-from .test_layers import _load
+from . import load_benchmark
 
-tuning = _load("tuning")
+tuning = load_benchmark("tuning")
 
 
 def test_quick_run_writes_results_with_an_aa_control(tmp_path):
