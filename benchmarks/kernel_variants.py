@@ -182,7 +182,7 @@ def column_form_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc
     if kernel.shape.stride != 1 or kernel.knobs.tile_w != width:
         raise ValueError("the column form needs stride 1 and a compute built for its tile width")
     sch = s_tir.Schedule(kernel.compute)
-    topi_sparse.x86._schedule_pad(sch, "row")
+    topi_sparse.x86.schedule_pad_copy(sch, "row")
     out, acc = sch.get_sblock("out"), sch.get_sblock("acc")
     n, o, oh, ow = sch.get_loops(out)
     group, lane = sch.split(o, [None, kernel.shape.lanes])

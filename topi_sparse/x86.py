@@ -40,7 +40,8 @@ from .knobs import (
 )
 from .pattern_conv2d import ROW_MULTIPLE
 
-__all__ = ["SCHEDULE_ID", "apply_pattern_conv2d_cpu", "pattern_conv2d_cpu_spaces", "schedule_pattern_conv2d_cpu"]
+__all__ = ["SCHEDULE_ID", "apply_pattern_conv2d_cpu", "pattern_conv2d_cpu_spaces", "schedule_pad_copy",
+           "schedule_pattern_conv2d_cpu"]
 
 # Recorded in every trace (the knobs annotation). Change it when a change here makes the
 # traces logged by earlier code build something else than they did when measured (a new
@@ -59,7 +60,7 @@ def schedule_pattern_conv2d_cpu(func: tirx.PrimFunc, knobs: PatternConvKnobs) ->
 
 def apply_pattern_conv2d_cpu(sch: s_tir.Schedule, knobs: PatternConvKnobs) -> None:
     """Apply the schedule with fixed ``knobs`` (recorded as sampling decisions) to ``sch``."""
-    _schedule_pad(sch, knobs.order)
+    schedule_pad_copy(sch, knobs.order)
     _schedule_conv(sch, knobs.order, vectorize_store=knobs.vectorize_store, unroll_store=knobs.unroll_store,
                    lanes=knobs.lanes, tile_w=knobs.tile_w, tile_h=knobs.tile_h, unroll_entries=knobs.unroll_entries)
 
@@ -76,7 +77,7 @@ def pattern_conv2d_cpu_spaces(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
     for order, vectorize, unroll in itertools.product(SEARCHED_LOOP_ORDERS, (True, False), (False, True)):
         space = sch.copy()
         space.seed(sch.fork_seed())
-        _schedule_pad(space, order)
+        schedule_pad_copy(space, order)
         _schedule_conv(space, order, vectorize_store=vectorize, unroll_store=unroll, lanes=_lanes(space),
                        tile_w=None, tile_h=None, unroll_entries=None)
         spaces.append(space)
@@ -95,7 +96,7 @@ def _lanes(sch: s_tir.Schedule) -> int:
     return int(sch.mod["main"].attrs["mcpruner.lanes"])  # an attribute: reading it adds no trace step
 
 
-def _schedule_pad(sch: s_tir.Schedule, order: str) -> None:
+def schedule_pad_copy(sch: s_tir.Schedule, order: str) -> None:
     """Parallelise the padded copy; in "row" order so that each thread writes what it reads.
 
     In "row" order each thread convolves a band of output rows over every channel; a copy
