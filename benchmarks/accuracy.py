@@ -157,11 +157,12 @@ def oneshot_plan(model, ratio: float, args, train: ImageData):
 
     Its sensitivities are measured on the first batch of the same loader as
     :func:`run_ours`' (same seed), so the plan is the one every schedule starts from.
+    That batch is all ``prune`` reads for them, so it is all it is given: the BatchNorm
+    re-estimation it ends with then costs one batch, not a pass over the data.
     """
-    _, report = prune(
-        model, target=args.target, data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed),
-        schedule="oneshot", ratio=ratio, example_input=train.normalise(train.images[:1]),
-    )
+    first_batch = next(iter(train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed)))
+    _, report = prune(model, target=args.target, data=[first_batch], schedule="oneshot", ratio=ratio,
+                      example_input=train.normalise(train.images[:1]))
     return report
 
 
