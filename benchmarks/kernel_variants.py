@@ -26,6 +26,12 @@ output's layout) and issues ``filters x vectors`` FMAs per ``vectors`` input loa
 ``filters`` weight broadcasts. It only exists for stride 1 (a strided row is a gather)
 and pads the output columns to whole tiles. Its outputs are checked against ours.
 
+The fourth variant prices a *stage* rather than a form: the same layer (same weight,
+same knobs) fed an input that was padded beforehand, so its kernel reads the input itself
+and makes no padded copy. ``ours ms / pre-padded ms`` is what the copy costs, the part of
+the gap to the FMA bound (``benchmarks/tuning.py``) that no knob of the conv nest can win
+back; a producer that wrote its output into a padded buffer could. Its outputs equal ours.
+
 Usage::
 
     python benchmarks/kernel_variants.py [--threads 2] [--repeats 7] [--out benchmarks/results]
@@ -72,6 +78,7 @@ KEEP = 0.5
 COLUMN_FORM_FILTERS = 8
 COLUMN_FORM_VECTORS = 2
 COLUMN_FORM = "column-vector form"
+PREPADDED = "pre-padded input (no copy)"
 
 
 def aligned_weight(rng: np.random.Generator, o: int, c: int, lanes: int, keep: float = KEEP) -> np.ndarray:
@@ -221,6 +228,31 @@ def column_form_runner(c: int, o: int, size: int, prepared: PreparedKernel, ours
     return lambda: lib(*column.operands, column.out)
 
 
+def prepadded_runner(prepared: PreparedKernel, ours: Callable[[], Any], target) -> Callable[[], Any] | None:
+    """``prepared``'s layer with its input zero-padded beforehand (padding 0, so no padded
+    copy), same weight and knobs, its output checked against ours; None where the knobs'
+    tile columns overrun the padded row (the kernel would make a copy anyway)."""
+    s, packed = prepared.kernel.shape, prepared.packed
+    top, left, bottom, right = s.padding
+    kernel = topi_sparse.build_pattern_conv2d(
+        (s.batch, s.in_channels, s.height + top + bottom, s.width + left + right), prepared.weight.shape,
+        packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
+        stride=s.stride, padding=(0, 0, 0, 0), family="x86", knobs=prepared.kernel.knobs,
+    )
+    if not kernel.shape.reads_input_directly(kernel.knobs.tile_w):
+        return None
+    x = np.pad(prepared.x.reshape(s.batch, s.in_channels, s.height, s.width),
+               ((0, 0), (0, 0), (top, bottom), (left, right)))
+    dev = tvm.cpu()
+    operands = [tvm.runtime.tensor(a, dev) for a in (x.reshape(kernel.input_shape), kernel.values, kernel.offsets)]
+    out = tvm.runtime.tensor(np.zeros(kernel.output_shape, np.float32), dev)
+    lib = tvm.compile(tvm.IRModule({"main": kernel.func}), target=target)
+    lib(*operands, out)
+    ours()
+    np.testing.assert_allclose(out.numpy(), prepared.out.numpy(), rtol=1e-5, atol=1e-5)
+    return lambda: lib(*operands, out)
+
+
 def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats: int) -> dict:
     prepared = prepare_kernel(c, o, size, stride, seed=c * 1000 + size)
     kernel, operands, out = prepared.kernel, prepared.operands, prepared.out
@@ -232,6 +264,9 @@ def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats:
     runners = {name: (lambda lib=lib: lib(*operands, out)) for name, lib in libs.items()}
     if stride == 1:
         runners[COLUMN_FORM] = column_form_runner(c, o, size, prepared, runners["index buffer"], target)
+    prepadded = prepadded_runner(prepared, runners["index buffer"], target)
+    if prepadded is not None:
+        runners[PREPADDED] = prepadded
     times = _common.time_interleaved(runners, repeats=repeats)
     ms = {name: statistics.median(t) for name, t in times.items()}
     flops = 2 * prepared.packed.stored_macs_per_pixel * kernel.shape.out_height * kernel.shape.out_width
@@ -244,6 +279,7 @@ def measure_layer(c: int, o: int, size: int, stride: int, threads: int, repeats:
         "gflops_nonzero": {name: flops / (t * 1e-3) / 1e9 for name, t in ms.items()},
         "headroom": ms["index buffer"] / ms["ablation: no index loads"],
         "column_form_speedup": ms["index buffer"] / ms[COLUMN_FORM] if COLUMN_FORM in ms else None,
+        "padded_copy_cost": ms["index buffer"] / ms[PREPADDED] if PREPADDED in ms else None,
     }
 
 
@@ -266,23 +302,28 @@ def main(argv: list[str] | None = None) -> int:
     padding = statistics.median(r["pattern_major"]["ratio"] for r in rows)
     losing = sum(r["pattern_major"]["ratio"] > r["headroom"] for r in rows)
     column = [r["column_form_speedup"] for r in rows if r["column_form_speedup"]]
+    copy_cost = [r["padded_copy_cost"] for r in rows if r["padded_copy_cost"]]
     info = {"machine": _common.machine_info(), "threads": args.threads, "repeats": args.repeats,
             "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "sparsity": f"{PATTERN_TAPS}-of-9 patterns, {KEEP:.0%} of kernels kept per group"}
     payload = {**info, "layers": rows, "median_headroom": headroom, "median_pattern_major_padding": padding,
                "median_column_form_speedup": statistics.median(column) if column else None,
+               "median_padded_copy_cost": statistics.median(copy_cost) if copy_cost else None,
                "layers_where_padding_exceeds_headroom": losing, "peak": peak,
                "wall_s": round(time.perf_counter() - start, 1)}
     table = _common.md_table(
         ["layer", "tile", "E", "index buffer ms", "ablation ms", "headroom", "GF/s non-zero (index)",
-         "pattern-major kernels / ours (pruned)", "column form ms", "column form speedup over ours"],
+         "pattern-major kernels / ours (pruned)", "column form ms", "column form speedup over ours",
+         "pre-padded ms", "padded copy cost"],
         [(r["layer"], r["tile_w"], r["entries_per_group"], f"{r['ms']['index buffer']:.3f}",
           f"{r['ms']['ablation: no index loads']:.3f}", f"{r['headroom']:.2f}x",
           f"{r['gflops_nonzero']['index buffer']:.0f}",
           f"{r['pattern_major']['kernels_pattern_major']} / {r['pattern_major']['kernels_ours']} = "
           f"{r['pattern_major']['ratio']:.2f}x",
           _common.fmt(r["ms"].get(COLUMN_FORM), ".3f"),
-          _common.fmt(r["column_form_speedup"]) + ("x" if r["column_form_speedup"] else "")) for r in rows])
+          _common.fmt(r["column_form_speedup"]) + ("x" if r["column_form_speedup"] else ""),
+          _common.fmt(r["ms"].get(PREPADDED), ".3f"),
+          _common.fmt(r["padded_copy_cost"]) + ("x" if r["padded_copy_cost"] else "")) for r in rows])
     markdown = "\n".join([
         "# Weight specialisation headroom (index buffer vs no index loads)", "",
         f"- {info['date']}, `{info['command']}`, {info['machine']['cpu']}, {args.threads} threads, "
@@ -301,7 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Column-vector form ({COLUMN_FORM_FILTERS} filters x {COLUMN_FORM_VECTORS} column vectors per tile, "
         f"stride-1 layers, outputs checked against ours): its speedup over ours, median "
         f"{statistics.median(column):.2f}x (min {min(column):.2f}x, max {max(column):.2f}x; below 1: ours is "
-        f"faster)." if column else ""])
+        f"faster)." if column else "", "",
+        f"Padded copy: ours over the same kernel fed a pre-padded input (no copy made; same knobs, "
+        f"outputs equal), median {statistics.median(copy_cost):.2f}x (min {min(copy_cost):.2f}x, "
+        f"max {max(copy_cost):.2f}x): the share of ours that the copy takes, which no knob of the conv "
+        f"nest wins back." if copy_cost else ""])
     _common.write_results(args.out, "kernel_variants", payload, markdown)
     print(f"median headroom {headroom:.2f}x; wrote {args.out}/kernel_variants.json/.md")
     return 0

@@ -19,8 +19,9 @@ kernel_variants = load_benchmark("kernel_variants")
 
 def test_one_layer_measures_the_kernel_and_its_ablation_without_index_loads():
     row = kernel_variants.measure_layer(8, 16, 6, 1, threads=2, repeats=1)
-    assert set(row["ms"]) == {"index buffer", "ablation: no index loads", kernel_variants.COLUMN_FORM}
-    assert row["headroom"] > 0 and row["column_form_speedup"] > 0
+    assert set(row["ms"]) == {"index buffer", "ablation: no index loads", kernel_variants.COLUMN_FORM,
+                              kernel_variants.PREPADDED}
+    assert row["headroom"] > 0 and row["column_form_speedup"] > 0 and row["padded_copy_cost"] > 0
     assert row["pattern_major"]["ratio"] >= 1
     strided = kernel_variants.measure_layer(8, 16, 6, 2, threads=2, repeats=1)
     assert kernel_variants.COLUMN_FORM not in strided["ms"] and strided["column_form_speedup"] is None
@@ -62,3 +63,17 @@ def test_pattern_major_padding_counts_the_longest_group_per_pattern():
     padding = kernel_variants.pattern_major_padding(w, lanes)
     # ours: 3 kernels (the longer group); pattern-major: max(2, 0) for a + max(1, 2) for b = 4
     assert padding == {"patterns": 2, "kernels_ours": 3, "kernels_pattern_major": 4, "ratio": 4 / 3}
+
+
+@pytest.mark.parametrize("c, o, size, stride", [(8, 16, 6, 1), (16, 32, 14, 2), (3, 16, 28, 1)])
+def test_the_pre_padded_variant_makes_no_copy_and_computes_what_the_kernel_computes(c, o, size, stride):
+    """Same weight and knobs on an input padded beforehand: no pad stage, and the output
+    equals the kernel's (checked inside ``prepadded_runner``) and the dense conv's."""
+    prepared = kernel_variants.prepare_kernel(c, o, size, stride, seed=size)
+    lib = tvm.compile(tvm.IRModule({"main": prepared.kernel.func}), target="llvm")
+    runner = kernel_variants.prepadded_runner(prepared, lambda: lib(*prepared.operands, prepared.out), "llvm")
+    assert runner is not None  # None: its kernel would still make a padded copy
+    runner()
+    expected = torch.nn.functional.conv2d(torch.from_numpy(prepared.x.reshape(1, c, size, size)),
+                                          torch.from_numpy(prepared.weight), stride=stride, padding=1)
+    np.testing.assert_allclose(prepared.out.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
