@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distill", type=float, default=DISTILL,
                    help="weight of distillation from the dense baseline while fine-tuning (0: plain cross-entropy)")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--channels-last", action="store_true",
+                   help="train in torch's channels_last memory format (same fp32 arithmetic, faster on CPU)")
     p.add_argument("--train-subset", type=int, default=0, help="use this many training images (0: all)")
     p.add_argument("--test-subset", type=int, default=0)
     p.add_argument("--target", default="host", help="vector width the pruning aligns to")
@@ -105,7 +107,8 @@ def get_baseline(name: str, args: argparse.Namespace, train: ImageData, test: Im
     else:
         torch.manual_seed(args.seed)
         model = get_model(name, **kwargs)
-        config = TrainConfig(epochs=args.baseline_epochs, lr=BASELINE_LR, progress=sys.stderr.isatty())
+        config = TrainConfig(epochs=args.baseline_epochs, lr=BASELINE_LR, progress=sys.stderr.isatty(),
+                             channels_last=args.channels_last)
         fit(model, train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed), config,
             description=f"{name} baseline")
         record = {"train_wall_s": round(time.perf_counter() - start, 1), "epochs": args.baseline_epochs}
@@ -125,7 +128,7 @@ def finetune_config(args: argparse.Namespace, variant: str, teacher: torch.nn.Mo
         checkpoint = args.checkpoint_dir / f"{variant}_{args.prune_epochs}ep_seed{args.seed}{_recipe_tag(args)}"
     return TrainConfig(epochs=epochs, lr=args.finetune_lr, distill=args.distill, temperature=TEMPERATURE,
                        weight_decay=args.weight_decay, teacher=teacher if args.distill else None,
-                       progress=sys.stderr.isatty(), checkpoint_dir=checkpoint)
+                       progress=sys.stderr.isatty(), checkpoint_dir=checkpoint, channels_last=args.channels_last)
 
 
 def _recipe_tag(args: argparse.Namespace) -> str:

@@ -55,3 +55,9 @@ def test_checkpoint_folders_name_the_recipe_so_a_changed_one_starts_afresh(tmp_p
     config = accuracy.finetune_config(changed, "m_8x_iterative")
     assert config.checkpoint_dir == tmp_path / "m_8x_iterative_80ep_seed0_lr0.02_wd0.0001"
     assert (config.lr, config.weight_decay) == (0.02, 1e-4)
+
+
+def test_channels_last_reaches_every_training_config():
+    accuracy = load_benchmark("accuracy")
+    assert accuracy.finetune_config(accuracy.parse_args(["--channels-last"]), "m").channels_last
+    assert not accuracy.finetune_config(accuracy.parse_args([]), "m").channels_last

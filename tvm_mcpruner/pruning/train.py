@@ -73,6 +73,10 @@ class TrainConfig:
     # was killed loses at most one epoch. A finished call's file stays, so re-running a
     # whole pruning schedule replays finished phases from their files in seconds.
     checkpoint_dir: Path | str | None = None
+    # Train in torch's channels_last memory format (model, teacher and batches; the model
+    # is handed back contiguous). Same fp32 arithmetic, faster oneDNN convolutions on CPU:
+    # 1.36x per resnet18_small training step on 2 threads of a Zen 4 host (session 10).
+    channels_last: bool = False
 
 
 def _masked_params(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -202,6 +206,42 @@ def fit(
     """
     if config.epochs <= 0:
         return model
+    if config.channels_last:  # before the optimizer: .to() swaps parameter data in place
+        _to_memory_format(torch.channels_last, model, config.teacher)
+        train = (_SizedChannelsLastBatches if hasattr(train, "__len__") else _ChannelsLastBatches)(train)
+    try:
+        return _fit(model, train, config, test, penalty, on_epoch_end, description, on_step, resumable)
+    finally:
+        if config.channels_last:
+            _to_memory_format(torch.contiguous_format, model, config.teacher)
+
+
+def _to_memory_format(memory_format: torch.memory_format, *models: nn.Module | None) -> None:
+    for model in models:
+        if model is not None:
+            model.to(memory_format=memory_format)
+
+
+class _ChannelsLastBatches:
+    """``batches`` with every 4-D image batch in channels_last (a loader's state passes through)."""
+
+    def __init__(self, batches: Batches):
+        self.batches = batches
+
+    def __iter__(self):
+        for images, labels in self.batches:
+            yield (images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images), labels
+
+    def __getattr__(self, name: str):  # state_dict / load_state_dict of a resumable loader
+        return getattr(self.batches, name)
+
+
+class _SizedChannelsLastBatches(_ChannelsLastBatches):
+    def __len__(self) -> int:  # the cosine schedule counts the steps
+        return len(self.batches)
+
+
+def _fit(model, train, config, test, penalty, on_epoch_end, description, on_step, resumable) -> nn.Module:
     optimizer = make_optimizer(model, config)
     steps = config.epochs * max(len(train), 1) if hasattr(train, "__len__") else None
     scheduler = None
