@@ -32,6 +32,14 @@ def lowered(model, x):
         return to_tir_stage(HOST, RewriteSparseConv2d(HOST))(mod)
 
 
+def pruned_conv_module():
+    """One 3x3 conv with half its kernels pruned (and a ReLU), lowered: it holds one sparse kernel."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU()).eval()
+    pruned, _ = mcp.prune(model, target="host", keep_kernels=0.5)
+    return lowered(pruned, torch.randn(1, 16, 8, 8))
+
+
 def kernels(mod):
     return [g for g, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and f.attrs
             and topi_sparse.KERNEL_ATTR in f.attrs]
@@ -48,10 +56,7 @@ def test_a_module_without_unscheduled_kernels_is_returned_unchanged():
 
 
 def test_kernels_are_scheduled_and_the_rest_kept_then_a_second_run_changes_nothing():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU()).eval()
-    pruned, _ = mcp.prune(model, target="host", keep_kernels=0.5)
-    mod = lowered(pruned, torch.randn(1, 16, 8, 8))
+    mod = pruned_conv_module()
     (kernel,) = kernels(mod)
     assert topi_sparse.is_unscheduled_kernel(mod[kernel])
 
@@ -72,10 +77,7 @@ def test_kernels_are_scheduled_and_the_rest_kept_then_a_second_run_changes_nothi
 
 def kernel_workload():
     """A sparse kernel's tuning workload (as mcp.tune extracts it) and the module it came from."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU()).eval()
-    pruned, _ = mcp.prune(model, target="host", keep_kernels=0.5)
-    mod = lowered(pruned, torch.randn(1, 16, 8, 8))
+    mod = pruned_conv_module()
     (task,) = [t for t in ms.relax_integration.extract_tasks(mod, HOST.tvm_target())
                if topi_sparse.KERNEL_ATTR in t.dispatched[0]["main"].attrs]
     return task.dispatched[0], mod
