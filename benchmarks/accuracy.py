@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alternatives", default="unstructured,filter", help="'' to skip them")
     p.add_argument("--baseline-epochs", type=int, default=15)
     p.add_argument("--prune-epochs", type=int, default=6, help="epochs per pruned variant (all methods)")
+    p.add_argument("--min-layer-keep", type=float,
+                   help="smallest share of kernels the ratio allocation leaves any layer (default 1/8)")
     p.add_argument("--finetune-lr", type=float, default=FINETUNE_LR)
     p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="fine-tuning weight decay (all methods)")
     p.add_argument("--distill", type=float, default=DISTILL,
@@ -132,11 +134,12 @@ def finetune_config(args: argparse.Namespace, variant: str, teacher: torch.nn.Mo
 
 
 def _recipe_tag(args: argparse.Namespace) -> str:
-    """The fine-tuning settings that differ from the defaults, for checkpoint folder names
-    (empty with the defaults, so folders of earlier runs keep their names)."""
+    """The fine-tuning settings (and the allocation floor) that differ from the defaults, for
+    checkpoint folder names (empty with the defaults, so folders of earlier runs keep their names)."""
     changed = [(name, value) for name, value, default in (
         ("lr", args.finetune_lr, FINETUNE_LR), ("distill", args.distill, DISTILL),
-        ("wd", args.weight_decay, WEIGHT_DECAY), ("batch", args.batch_size, 128)) if value != default]
+        ("wd", args.weight_decay, WEIGHT_DECAY), ("batch", args.batch_size, 128),
+        ("minkeep", args.min_layer_keep, None)) if value != default]
     return "".join(f"_{name}{value:g}" for name, value in changed)
 
 
@@ -145,7 +148,8 @@ def run_ours(model, schedule: str, ratio: float, args, train: ImageData, test: I
     config = finetune_config(args, f"{name}_{ratio:g}x_{schedule}")
     pruned, report = prune(
         model, target=args.target, data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed),
-        schedule=schedule, ratio=ratio, epochs=args.prune_epochs, train_config=config,
+        schedule=schedule, ratio=ratio, min_layer_keep=args.min_layer_keep, epochs=args.prune_epochs,
+        train_config=config,
         example_input=train.normalise(train.images[:1]),
     )
     record = {"method": f"pattern+connectivity ({schedule})", "schedule": schedule,
@@ -165,7 +169,7 @@ def oneshot_plan(model, ratio: float, args, train: ImageData):
     """
     first_batch = next(iter(train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed)))
     _, report = prune(model, target=args.target, data=[first_batch], schedule="oneshot", ratio=ratio,
-                      example_input=train.normalise(train.images[:1]))
+                      min_layer_keep=args.min_layer_keep, example_input=train.normalise(train.images[:1]))
     return report
 
 
@@ -334,7 +338,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    f"{args.finetune_lr:g} "
                    f"with cosine decay to 0"
                    + (f", distillation from the dense baseline (weight {args.distill:g}, T={TEMPERATURE:g})"
-                      if args.distill else "") + "; BatchNorm statistics re-estimated at the end"),
+                      if args.distill else "") + "; BatchNorm statistics re-estimated at the end"
+                   + (f"; no layer keeps under {args.min_layer_keep:g} of its kernels" if args.min_layer_keep else "")),
         "notes": args.note,
     }
     for name in args.models.split(","):

@@ -66,10 +66,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.data is None:
         if args.schedule != "oneshot" or args.epochs:
             raise ValueError(f"--schedule {args.schedule} / --epochs train the model: give --data")
-        model, meta = _build_model(args), {}
+        # the file names its model, so load_pruned and `compile --weights` rebuild it
+        model, meta = _load_or_build(args, {"num_classes": args.num_classes, "in_channels": args.input_shape[1]})
+        model.eval()
         x = torch.randn(*args.input_shape)
         pruned, report = prune(model, target=args.target, pattern_k=args.pattern_k, keep_kernels=args.keep_kernels,
-                               ratio=args.ratio, example_input=x)
+                               ratio=args.ratio, min_layer_keep=args.min_layer_keep, example_input=x)
         print(report)
     else:
         pruned, report, meta = _prune_on_data(args)
@@ -111,7 +113,7 @@ def _prune_on_data(args: argparse.Namespace):
     config = TrainConfig(lr=args.lr, progress=True, checkpoint_dir=args.checkpoint_dir)
     pruned, report = prune(
         model, target=args.target, pattern_k=args.pattern_k, keep_kernels=args.keep_kernels, ratio=args.ratio,
-        data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed), schedule=args.schedule,
+        min_layer_keep=args.min_layer_keep, data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed), schedule=args.schedule,
         epochs=args.epochs, train_config=config, example_input=train.normalise(train.images[:1]),
     )
     after = evaluate(pruned, test.loader(1000))
@@ -278,6 +280,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_prune_args(p)
     p.add_argument("--ratio", type=float, help="conv-MAC reduction target (per-layer keeps by sensitivity)")
+    p.add_argument("--min-layer-keep", type=float,
+                   help="with --ratio: the smallest share of kernels any layer keeps (default 1/8)")
     p.add_argument("--data", help="'fashion-mnist' or a local CIFAR-10 / ImageFolder / idx directory: "
                    "sets input shape and classes, trains per --schedule and reports top-1")
     p.add_argument("--schedule", default="oneshot", choices=["oneshot", "iterative", "admm"])

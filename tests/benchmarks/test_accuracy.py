@@ -55,6 +55,8 @@ def test_checkpoint_folders_name_the_recipe_so_a_changed_one_starts_afresh(tmp_p
     config = accuracy.finetune_config(changed, "m_8x_iterative")
     assert config.checkpoint_dir == tmp_path / "m_8x_iterative_80ep_seed0_lr0.02_wd0.0001"
     assert (config.lr, config.weight_decay) == (0.02, 1e-4)
+    floored = accuracy.parse_args(["--checkpoint-dir", str(tmp_path), "--prune-epochs", "80", "--min-layer-keep", "0.25"])
+    assert accuracy.finetune_config(floored, "m_8x_iterative").checkpoint_dir == tmp_path / "m_8x_iterative_80ep_seed0_minkeep0.25"
 
 
 def test_channels_last_reaches_every_training_config():

@@ -52,6 +52,16 @@ def test_prune_with_data_ratio_and_schedule_saves_a_loadable_model(tiny_idx, tmp
         assert torch.equal(rebuilt(x), model(x))
 
 
+def test_prune_min_layer_keep_floors_every_layer(tmp_path):
+    out = tmp_path / "floored.pt"
+    assert main(["prune", "--model", "vgg11_small", "--input-shape", "1,1,28,28", "--ratio", "4",
+                 "--min-layer-keep", "0.25", "--target", "hikey970-cpu", "--out", str(out)]) == 0
+    report = load_pruned(out)[1]["report"]
+    assert report["mac_reduction"] >= 4
+    shares = [layer["kept_kernels"] / layer["total_kernels"] for layer in report["layers"] if layer.get("total_kernels")]
+    assert shares and min(shares) >= 0.25
+
+
 def test_prune_continues_from_a_saved_model(tiny_idx, tmp_path):
     first = tmp_path / "a.pt"
     assert main(["prune", "--model", "vgg11_small", "--data", str(tiny_idx), "--keep-kernels", "0.75",

@@ -14,7 +14,7 @@ from .masks import aligned_pattern_mask, apply_mask, deepcopy_model, group_energ
 from .patterns import select_library
 from .report import LayerReport, PruneReport, dense_layer_report, pruned_layer_report
 from .schedules import SCHEDULES, Batches, run_schedule
-from .sensitivity import allocate_keeps
+from .sensitivity import KEEP_LEVELS, allocate_keeps, lowest_keep_level
 from .train import TrainConfig
 
 __all__ = ["prune", "PrunePlan", "make_plan", "apply_plan", "screen_plan", "build_report", "set_mask"]
@@ -264,6 +264,7 @@ def prune(
     epochs: int = 0,
     train_config: TrainConfig | None = None,
     layer_keeps: dict[str, float] | None = None,
+    min_layer_keep: float | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """Pattern- and connectivity-prune every eligible conv, aligned to the target's vector width.
 
@@ -284,7 +285,9 @@ def prune(
     * ``ratio``: a whole-model conv-MAC reduction target (e.g. 8) instead of one
       ``keep_kernels``: per-layer keeps are chosen by sensitivity (loss on a batch of
       ``data`` when given, else the weight energy a layer would lose); ``layer_keeps``
-      sets them by hand instead.
+      sets them by hand instead. ``min_layer_keep`` (with ``ratio``; default 1/8, the
+      lowest level) is the smallest share of its kernels any layer may keep: a higher
+      floor spreads the cut more evenly over the layers.
     * ``schedule``: ``"oneshot"`` (prune, then ``epochs`` of masked fine-tuning when
       ``data`` is given), ``"iterative"`` (gradual magnitude pruning with fine-tuning
       between steps) or ``"admm"`` (PatDNN's extended ADMM, then hard prune + masked
@@ -306,6 +309,11 @@ def prune(
         model, target, pattern_k, keep_kernels, num_patterns, min_in_channels, keep_pointwise, keep_linear
     )
     _check_schedule(schedule, ratio, data, epochs)
+    if min_layer_keep is not None and (ratio is None or layer_keeps is not None):
+        raise ValueError("min_layer_keep bounds the per-layer keeps that ratio allocates: give it with ratio "
+                         "(and without layer_keeps)")
+    min_keep = KEEP_LEVELS[-1] if min_layer_keep is None else min_layer_keep
+    lowest_keep_level(min_keep)  # a bad value fails before any copy or training
     if not inplace:
         model = deepcopy_model(model)
     if example_input is None and data is not None:
@@ -315,7 +323,7 @@ def prune(
     if layer_keeps is not None:
         plan.keeps.update(_checked_layer_keeps(plan, layer_keeps))
     elif ratio is not None:
-        plan.keeps.update(allocate_keeps(model, plan, ratio, data, example_input))
+        plan.keeps.update(allocate_keeps(model, plan, ratio, data, example_input, min_keep))
     pattern_ids = run_schedule(schedule, model, plan, apply_plan, data, epochs, train_config)
     report = build_report(plan, pattern_ids, pattern_k, keep_kernels, num_patterns)
     if example_input is not None:

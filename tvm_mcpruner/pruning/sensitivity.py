@@ -31,7 +31,7 @@ from .masks import kept_kernel_count
 if TYPE_CHECKING:
     from .api import ExampleInput, PrunePlan
 
-__all__ = ["KEEP_LEVELS", "allocate_keeps", "issued_macs_per_pixel", "sensitivity_table"]
+__all__ = ["KEEP_LEVELS", "allocate_keeps", "issued_macs_per_pixel", "lowest_keep_level", "sensitivity_table"]
 
 # Kept shares of input channels a layer may get. 1/8 is the floor: single-layer
 # sensitivities do not see how cuts compound, and with less a narrow layer keeps two to
@@ -104,12 +104,17 @@ def _masked_loss(model: nn.Module, layer: nn.Module, mask: torch.Tensor, batch: 
 def allocate_keeps(
     model: nn.Module, plan: PrunePlan, ratio: float,
     data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, example_input: ExampleInput | None = None,
+    min_keep: float = KEEP_LEVELS[-1],
 ) -> dict[str, float]:
     """Keeps per eligible layer reaching ``ratio``x fewer issued conv MACs (module docstring).
 
-    Raises ``ValueError`` when even the lowest keep level everywhere cannot reach it.
+    No layer goes below the lowest of :data:`KEEP_LEVELS` that is ``>= min_keep`` (a
+    higher floor spreads the cut more evenly). Raises ``ValueError`` when even that
+    level everywhere cannot reach ``ratio``.
     """
     from .api import conv_output_pixels  # api imports this module
+
+    floor = lowest_keep_level(min_keep)
 
     pixels = conv_output_pixels(model, plan.layers, example_input) if example_input is not None else {}
     scale = {name: pixels.get(name, 1) for name in plan.layers}
@@ -123,22 +128,29 @@ def allocate_keeps(
                 if name not in level)
     dense = sum(_dense_macs_per_pixel(layer) * scale[name] for name, layer in plan.layers.items())
     budget = dense / ratio
-    lowest = fixed + sum(layer_macs(name, len(KEEP_LEVELS) - 1) for name in level)
+    lowest = fixed + sum(layer_macs(name, floor) for name in level)
     if lowest > budget:
         raise ValueError(
-            f"ratio {ratio:g} is out of reach: keeping {KEEP_LEVELS[-1]:g} of every prunable layer's "
+            f"ratio {ratio:g} is out of reach: keeping {KEEP_LEVELS[floor]:g} of every prunable layer's "
             f"kernels gives {dense / max(lowest, 1):.2f}x (dense layers: {fixed / dense:.1%} of the MACs)")
     batch = next(iter(data)) if data is not None else None
     table = sensitivity_table(model, plan, batch)
     total = fixed + sum(layer_macs(name, 0) for name in level)
     while total > budget:
         name = min(
-            (n for n in level if level[n] + 1 < len(KEEP_LEVELS)),
+            (n for n in level if level[n] < floor),
             key=lambda n: _cost_per_mac(table[n], level[n], layer_macs(n, level[n]) - layer_macs(n, level[n] + 1)),
         )
         total -= layer_macs(name, level[name]) - layer_macs(name, level[name] + 1)
         level[name] += 1
     return {name: KEEP_LEVELS[index] for name, index in level.items()}
+
+
+def lowest_keep_level(min_keep: float) -> int:
+    """Index in :data:`KEEP_LEVELS` of the lowest level ``>= min_keep``."""
+    if isinstance(min_keep, bool) or not isinstance(min_keep, (int, float)) or not KEEP_LEVELS[-1] <= min_keep <= 1:
+        raise ValueError(f"min_layer_keep must be a number in [{KEEP_LEVELS[-1]:g}, 1], got {min_keep!r}")
+    return max(i for i, keep in enumerate(KEEP_LEVELS) if keep >= min_keep - 1e-12)
 
 
 def _cost_per_mac(scores: list[float], index: int, saved: int) -> float:

@@ -9,7 +9,7 @@ from torch import nn
 import tvm_mcpruner as mcp
 from tvm_mcpruner.pruning import TrainConfig, evaluate, fit, load_pruned, prune, save_pruned
 from tvm_mcpruner.pruning.schedules import gradual_keeps
-from tvm_mcpruner.pruning.sensitivity import KEEP_LEVELS, issued_macs_per_pixel
+from tvm_mcpruner.pruning.sensitivity import KEEP_LEVELS, issued_macs_per_pixel, lowest_keep_level
 from tvm_mcpruner.sparse_format import pack_pattern_weights
 
 from .test_pruning_structure import check_aligned
@@ -114,6 +114,33 @@ def test_issued_macs_formula_matches_the_format():
 def test_unreachable_ratio_names_the_limit():
     with pytest.raises(ValueError, match="out of reach"):
         prune(small_net(), target="hikey970-cpu", ratio=1000, example_input=torch.randn(1, 1, 12, 12))
+
+
+def kept_shares(report) -> list[float]:
+    return [layer.kept_kernels / layer.total_kernels for layer in report.pruned_layers]
+
+
+def test_min_layer_keep_floors_the_allocation_and_still_reaches_the_ratio():
+    model, data = trained_net(), synthetic_batches()
+    x = data[0][0][:1]
+    _, free = prune(model, target="hikey970-cpu", ratio=4, data=data, example_input=x)
+    assert min(kept_shares(free)) < 0.375, "without a floor some layer goes below it (else this proves nothing)"
+    _, floored = prune(model, target="hikey970-cpu", ratio=4, data=data, example_input=x, min_layer_keep=0.375)
+    assert floored.mac_reduction >= 4
+    assert min(kept_shares(floored)) >= 0.375 - 1e-9
+    # 0.3 is not a level: the floor is the lowest level above it
+    assert KEEP_LEVELS[lowest_keep_level(0.3)] == 0.3125
+    assert KEEP_LEVELS[lowest_keep_level(KEEP_LEVELS[-1])] == KEEP_LEVELS[-1]
+
+
+def test_min_layer_keep_bad_values_name_the_problem():
+    net, x = small_net(), torch.randn(1, 1, 12, 12)
+    with pytest.raises(ValueError, match="out of reach: keeping 0.5 of every"):
+        prune(net, target="hikey970-cpu", ratio=4, example_input=x, min_layer_keep=0.5)
+    with pytest.raises(ValueError, match="min_layer_keep must be a number in"):
+        prune(net, target="hikey970-cpu", ratio=4, example_input=x, min_layer_keep=0.05)
+    with pytest.raises(ValueError, match="give it with ratio"):
+        prune(net, target="hikey970-cpu", keep_kernels=0.5, min_layer_keep=0.25)
 
 
 @pytest.mark.parametrize("schedule", ["iterative", "admm"])
