@@ -149,8 +149,7 @@ def run_ours(model, schedule: str, ratio: float, args, train: ImageData, test: I
     pruned, report = prune(
         model, target=args.target, data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed),
         schedule=schedule, ratio=ratio, min_layer_keep=args.min_layer_keep, epochs=args.prune_epochs,
-        train_config=config,
-        example_input=train.normalise(train.images[:1]),
+        train_config=config, example_input=train.normalise(train.images[:1]),
     )
     record = {"method": f"pattern+connectivity ({schedule})", "schedule": schedule,
               "mac_reduction": round(report.mac_reduction, 3), "top1": evaluate(pruned, test.loader(1000)),

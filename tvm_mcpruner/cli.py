@@ -38,16 +38,25 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-kernels", type=float, default=0.5, help="share of kernels kept")
 
 
-def _build_model(args: argparse.Namespace):
+def _shape_kwargs(args: argparse.Namespace) -> dict[str, int]:
+    """A built-in model's constructor arguments from --num-classes and --input-shape."""
+    return {"num_classes": args.num_classes, "in_channels": args.input_shape[1]}
+
+
+def _builtin_model(args: argparse.Namespace, kwargs: dict[str, int]):
+    """``(model, kwargs)``: the built-in ``--model`` (seeded, ``--width`` added to ``kwargs``)."""
     import torch
 
     from .models import get_model
 
     torch.manual_seed(args.seed)
-    kw = {"num_classes": args.num_classes, "in_channels": args.input_shape[1]}
     if args.width != 1.0:
-        kw["width"] = args.width
-    return get_model(args.model, **kw).eval()
+        kwargs = {**kwargs, "width": args.width}
+    return get_model(args.model, **kwargs), kwargs
+
+
+def _build_model(args: argparse.Namespace):
+    return _builtin_model(args, _shape_kwargs(args))[0].eval()
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -67,7 +76,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         if args.schedule != "oneshot" or args.epochs:
             raise ValueError(f"--schedule {args.schedule} / --epochs train the model: give --data")
         # the file names its model, so load_pruned and `compile --weights` rebuild it
-        model, meta = _load_or_build(args, {"num_classes": args.num_classes, "in_channels": args.input_shape[1]})
+        model, meta = _load_or_build(args, _shape_kwargs(args))
         model.eval()
         x = torch.randn(*args.input_shape)
         pruned, report = prune(model, target=args.target, pattern_k=args.pattern_k, keep_kernels=args.keep_kernels,
@@ -83,9 +92,6 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def _load_or_build(args: argparse.Namespace, kwargs: dict[str, int]):
     """``--model``: a built-in name, or a .pt written by ``mcp.save_pruned`` (dense or pruned)."""
-    import torch
-
-    from .models import get_model
     from .pruning import load_pruned
 
     if args.model.endswith(".onnx"):
@@ -94,10 +100,8 @@ def _load_or_build(args: argparse.Namespace, kwargs: dict[str, int]):
     if args.model.endswith((".pt", ".pth", ".safetensors")):
         model, meta = load_pruned(args.model)
         return model, {"model": meta.get("model"), "model_kwargs": meta.get("model_kwargs", {})}
-    torch.manual_seed(args.seed)
-    if args.width != 1.0:
-        kwargs = {**kwargs, "width": args.width}
-    return get_model(args.model, **kwargs), {"model": args.model, "model_kwargs": kwargs}
+    model, kwargs = _builtin_model(args, kwargs)
+    return model, {"model": args.model, "model_kwargs": kwargs}
 
 
 def _prune_on_data(args: argparse.Namespace):
@@ -113,8 +117,9 @@ def _prune_on_data(args: argparse.Namespace):
     config = TrainConfig(lr=args.lr, progress=True, checkpoint_dir=args.checkpoint_dir)
     pruned, report = prune(
         model, target=args.target, pattern_k=args.pattern_k, keep_kernels=args.keep_kernels, ratio=args.ratio,
-        min_layer_keep=args.min_layer_keep, data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed), schedule=args.schedule,
-        epochs=args.epochs, train_config=config, example_input=train.normalise(train.images[:1]),
+        min_layer_keep=args.min_layer_keep, schedule=args.schedule, epochs=args.epochs,
+        data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed), train_config=config,
+        example_input=train.normalise(train.images[:1]),
     )
     after = evaluate(pruned, test.loader(1000))
     print(report)

@@ -14,7 +14,7 @@ from .masks import aligned_pattern_mask, apply_mask, deepcopy_model, group_energ
 from .patterns import select_library
 from .report import LayerReport, PruneReport, dense_layer_report, pruned_layer_report
 from .schedules import SCHEDULES, Batches, run_schedule
-from .sensitivity import KEEP_LEVELS, allocate_keeps, lowest_keep_level
+from .sensitivity import allocate_keeps, lowest_keep_level
 from .train import TrainConfig
 
 __all__ = ["prune", "PrunePlan", "make_plan", "apply_plan", "screen_plan", "build_report", "set_mask"]
@@ -312,8 +312,7 @@ def prune(
     if min_layer_keep is not None and (ratio is None or layer_keeps is not None):
         raise ValueError("min_layer_keep bounds the per-layer keeps that ratio allocates: give it with ratio "
                          "(and without layer_keeps)")
-    min_keep = KEEP_LEVELS[-1] if min_layer_keep is None else min_layer_keep
-    lowest_keep_level(min_keep)  # a bad value fails before any copy or training
+    lowest_keep_level(min_layer_keep)  # a bad value fails before any copy or training
     if not inplace:
         model = deepcopy_model(model)
     if example_input is None and data is not None:
@@ -323,7 +322,7 @@ def prune(
     if layer_keeps is not None:
         plan.keeps.update(_checked_layer_keeps(plan, layer_keeps))
     elif ratio is not None:
-        plan.keeps.update(allocate_keeps(model, plan, ratio, data, example_input, min_keep))
+        plan.keeps.update(allocate_keeps(model, plan, ratio, data, example_input, min_layer_keep))
     pattern_ids = run_schedule(schedule, model, plan, apply_plan, data, epochs, train_config)
     report = build_report(plan, pattern_ids, pattern_k, keep_kernels, num_patterns)
     if example_input is not None:

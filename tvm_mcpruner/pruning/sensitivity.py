@@ -104,12 +104,12 @@ def _masked_loss(model: nn.Module, layer: nn.Module, mask: torch.Tensor, batch: 
 def allocate_keeps(
     model: nn.Module, plan: PrunePlan, ratio: float,
     data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, example_input: ExampleInput | None = None,
-    min_keep: float = KEEP_LEVELS[-1],
+    min_keep: float | None = None,
 ) -> dict[str, float]:
     """Keeps per eligible layer reaching ``ratio``x fewer issued conv MACs (module docstring).
 
-    No layer goes below the lowest of :data:`KEEP_LEVELS` that is ``>= min_keep`` (a
-    higher floor spreads the cut more evenly). Raises ``ValueError`` when even that
+    No layer goes below the lowest of :data:`KEEP_LEVELS` that is ``>= min_keep`` (default:
+    the lowest level; a higher floor spreads the cut more evenly). Raises ``ValueError`` when even that
     level everywhere cannot reach ``ratio``.
     """
     from .api import conv_output_pixels  # api imports this module
@@ -146,8 +146,10 @@ def allocate_keeps(
     return {name: KEEP_LEVELS[index] for name, index in level.items()}
 
 
-def lowest_keep_level(min_keep: float) -> int:
-    """Index in :data:`KEEP_LEVELS` of the lowest level ``>= min_keep``."""
+def lowest_keep_level(min_keep: float | None) -> int:
+    """Index in :data:`KEEP_LEVELS` of the lowest level ``>= min_keep`` (None: the lowest level)."""
+    if min_keep is None:
+        return len(KEEP_LEVELS) - 1
     if isinstance(min_keep, bool) or not isinstance(min_keep, (int, float)) or not KEEP_LEVELS[-1] <= min_keep <= 1:
         raise ValueError(f"min_layer_keep must be a number in [{KEEP_LEVELS[-1]:g}, 1], got {min_keep!r}")
     return max(i for i, keep in enumerate(KEEP_LEVELS) if keep >= min_keep - 1e-12)
