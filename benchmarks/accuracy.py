@@ -19,6 +19,7 @@ settings and wall times.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import sys
@@ -44,6 +45,8 @@ BASELINE_LR, FINETUNE_LR = 0.05, 0.01
 # from FINETUNE_LR with cosine decay to 0 and distillation from the dense baseline.
 DISTILL, TEMPERATURE = 0.7, 4.0
 WEIGHT_DECAY = 5e-4
+# The pruning plan's shape: prune()'s own defaults (PatDNN's 8 patterns of 4 taps).
+PATTERN_K, NUM_PATTERNS = (inspect.signature(prune).parameters[name].default for name in ("pattern_k", "num_patterns"))
 AGREEMENT_GOAL = 0.999
 
 
@@ -59,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prune-epochs", type=int, default=6, help="epochs per pruned variant (all methods)")
     p.add_argument("--min-layer-keep", type=float,
                    help="smallest share of kernels the ratio allocation leaves any layer (default 1/8)")
+    p.add_argument("--pattern-k", type=int, default=PATTERN_K, help="taps each 3x3 pattern keeps (of 9)")
+    p.add_argument("--num-patterns", type=int, default=NUM_PATTERNS, help="size of the model's pattern library")
     p.add_argument("--finetune-lr", type=float, default=FINETUNE_LR)
     p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="fine-tuning weight decay (all methods)")
     p.add_argument("--distill", type=float, default=DISTILL,
@@ -134,12 +139,13 @@ def finetune_config(args: argparse.Namespace, variant: str, teacher: torch.nn.Mo
 
 
 def _recipe_tag(args: argparse.Namespace) -> str:
-    """The fine-tuning settings (and the allocation floor) that differ from the defaults, for
+    """The fine-tuning settings (and the pruning plan's) that differ from the defaults, for
     checkpoint folder names (empty with the defaults, so folders of earlier runs keep their names)."""
     changed = [(name, value) for name, value, default in (
         ("lr", args.finetune_lr, FINETUNE_LR), ("distill", args.distill, DISTILL),
         ("wd", args.weight_decay, WEIGHT_DECAY), ("batch", args.batch_size, 128),
-        ("minkeep", args.min_layer_keep, None)) if value != default]
+        ("minkeep", args.min_layer_keep, None), ("k", args.pattern_k, PATTERN_K),
+        ("patterns", args.num_patterns, NUM_PATTERNS)) if value != default]
     return "".join(f"_{name}{value:g}" for name, value in changed)
 
 
@@ -147,8 +153,8 @@ def run_ours(model, schedule: str, ratio: float, args, train: ImageData, test: I
     start = time.perf_counter()
     config = finetune_config(args, f"{name}_{ratio:g}x_{schedule}")
     pruned, report = prune(
-        model, target=args.target, data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed),
-        schedule=schedule, ratio=ratio, min_layer_keep=args.min_layer_keep, epochs=args.prune_epochs,
+        model, target=args.target, pattern_k=args.pattern_k, num_patterns=args.num_patterns,
+        data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed), schedule=schedule, ratio=ratio, min_layer_keep=args.min_layer_keep, epochs=args.prune_epochs,
         train_config=config, example_input=train.normalise(train.images[:1]),
     )
     record = {"method": f"pattern+connectivity ({schedule})", "schedule": schedule,
@@ -167,7 +173,8 @@ def oneshot_plan(model, ratio: float, args, train: ImageData):
     re-estimation it ends with then costs one batch, not a pass over the data.
     """
     first_batch = next(iter(train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed)))
-    _, report = prune(model, target=args.target, data=[first_batch], schedule="oneshot", ratio=ratio,
+    _, report = prune(model, target=args.target, pattern_k=args.pattern_k, num_patterns=args.num_patterns,
+                      data=[first_batch], schedule="oneshot", ratio=ratio,
                       min_layer_keep=args.min_layer_keep, example_input=train.normalise(train.images[:1]))
     return report
 
@@ -338,7 +345,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    f"with cosine decay to 0"
                    + (f", distillation from the dense baseline (weight {args.distill:g}, T={TEMPERATURE:g})"
                       if args.distill else "") + "; BatchNorm statistics re-estimated at the end"
-                   + (f"; no layer keeps under {args.min_layer_keep:g} of its kernels" if args.min_layer_keep else "")),
+                   + (f"; no layer keeps under {args.min_layer_keep:g} of its kernels" if args.min_layer_keep else "")
+                   + (f"; {args.num_patterns} patterns of {args.pattern_k} taps"
+                      if (args.pattern_k, args.num_patterns) != (PATTERN_K, NUM_PATTERNS) else "")),
         "notes": args.note,
     }
     for name in args.models.split(","):

@@ -57,9 +57,22 @@ def test_checkpoint_folders_name_the_recipe_so_a_changed_one_starts_afresh(tmp_p
     assert (config.lr, config.weight_decay) == (0.02, 1e-4)
     floored = accuracy.parse_args(["--checkpoint-dir", str(tmp_path), "--prune-epochs", "80", "--min-layer-keep", "0.25"])
     assert accuracy.finetune_config(floored, "m_8x_iterative").checkpoint_dir == tmp_path / "m_8x_iterative_80ep_seed0_minkeep0.25"
+    library = accuracy.parse_args(["--checkpoint-dir", str(tmp_path), "--prune-epochs", "80", "--num-patterns", "16"])
+    assert accuracy.finetune_config(library, "m_8x_iterative").checkpoint_dir == tmp_path / "m_8x_iterative_80ep_seed0_patterns16"
+    assert (accuracy.PATTERN_K, accuracy.NUM_PATTERNS) == (4, 8)  # prune()'s defaults, so old folders keep their names
 
 
 def test_channels_last_reaches_every_training_config():
     accuracy = load_benchmark("accuracy")
     assert accuracy.finetune_config(accuracy.parse_args(["--channels-last"]), "m").channels_last
     assert not accuracy.finetune_config(accuracy.parse_args([]), "m").channels_last
+
+
+def test_pattern_options_reach_the_pruning_plan():
+    accuracy = load_benchmark("accuracy")
+    args = accuracy.parse_args(["--pattern-k", "5", "--num-patterns", "4", "--train-subset", "256", "--test-subset", "8"])
+    train, _ = accuracy.load_data(args)
+    report = accuracy.oneshot_plan(accuracy.get_model("vgg11_small", **accuracy.model_kwargs(train)), 8, args, train)
+    assert (report.pattern_k, report.num_patterns, len(report.library)) == (5, 4, 4)
+    assert all(len(taps) == 5 for taps in report.library)
+    assert report.mac_reduction >= 8
