@@ -425,6 +425,26 @@ def peak_of_run(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
             "note": "measured before and after the benchmarks; peak_gflops is the largest"}
 
 
+def tune_then_open_peak(tuner: DenseTuner, tasks: list, args: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Tune ``tasks`` (unless ``args.no_tune``); then, unless ``args.tune_only`` (peak None),
+    set the threads up again (tuning changes them) and measure the peak the timings start from."""
+    tuning = tuner.tune_and_report(tasks, tune=not args.no_tune)
+    if args.tune_only:
+        return tuning, None
+    setup(args.threads, args.verbose)
+    peak = measure_peak(args.threads, repeats=max(args.repeats, 3))
+    print(f"peak: {peak}", flush=True)
+    return tuning, peak
+
+
+def close_peak(before: dict[str, Any], rows: list[dict[str, Any]], threads: int, repeats: int) -> dict[str, Any]:
+    """Measure the peak again after the benchmarks, keep the run's (:func:`peak_of_run`) and
+    fill each row's share of it (:func:`fill_pct_of_peak`)."""
+    peak = peak_of_run(before, measure_peak(threads, repeats=repeats))
+    fill_pct_of_peak(rows, peak["peak_gflops"])
+    return peak
+
+
 def fill_pct_of_peak(rows: list[dict[str, Any]], peak_gflops: float) -> None:
     """Set each row's ``mcpruner_pct_peak`` from its non-zero GFLOP/s."""
     for row in rows:
@@ -526,6 +546,15 @@ def write_results(out_dir: Path, stem: str, payload: dict[str, Any], markdown: s
     json_path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     md_path.write_text(markdown + "\n", encoding="utf-8")
     return json_path, md_path
+
+
+def publish(out_dir: Path, stem: str, payload: dict[str, Any], markdown: str, summary_end: str) -> dict[str, Any]:
+    """:func:`write_results`, then print the markdown up to ``summary_end`` (the summary) and
+    where the files went; returns ``payload``."""
+    json_path, md_path = write_results(out_dir, stem, payload, markdown)
+    print(markdown.split(summary_end)[0])
+    print(f"wrote {json_path} and {md_path}")
+    return payload
 
 
 def _jsonable(value: Any) -> Any:

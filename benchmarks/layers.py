@@ -368,18 +368,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     layers = selected_layers(args)
     print(f"{len(layers)} layers: " + "; ".join(f"{lay.suite} {lay.shape.label}" for lay in layers), flush=True)
     tasks = layer_tasks(layers, tuner) if args.tune_trials else []
-    tuning = tuner.tune_and_report(tasks, tune=not args.no_tune)
-    if args.tune_only:
+    tuning, peak_before = C.tune_then_open_peak(tuner, tasks, args)
+    if peak_before is None:  # --tune-only
         return tuning
-    C.setup(args.threads, args.verbose)
-    peak_before = C.measure_peak(args.threads, repeats=max(args.repeats, 3))
-    print(f"peak: {peak_before}", flush=True)
     sparsities = ["A", "B"] if args.sparsity == "both" else [args.sparsity]
     rows = []
     for layer in tqdm(layers, desc="layers", unit="layer", file=sys.stdout):
         rows += layer_results(layer, sparsities, tuner, args.threads, args.repeats, args.target)
-    peak = C.peak_of_run(peak_before, C.measure_peak(args.threads, repeats=max(args.repeats, 3)))
-    C.fill_pct_of_peak(rows, peak["peak_gflops"])
+    peak = C.close_peak(peak_before, rows, args.threads, repeats=max(args.repeats, 3))
     summary = summarize(rows)
     wall_s = time.perf_counter() - start
     info = {**C.run_info(args.threads, tuner, args.repeats, tuning), "mcpruner_target": args.target}
@@ -387,10 +383,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "sparsities": {k: {"pattern_k": PATTERN_K, "keep_kernels": SPARSITIES[k]} for k in sparsities},
                "layer_module": "conv (with bias) + ReLU, batch 1", "targets": summary, "layers": rows}
     text = markdown(info, peak, rows, summary, wall_s)
-    json_path, md_path = C.write_results(args.out, "layers", payload, text)
-    print(text.split("## Per layer")[0])
-    print(f"wrote {json_path} and {md_path}")
-    return payload
+    return C.publish(args.out, "layers", payload, text, summary_end="## Per layer")
 
 
 if __name__ == "__main__":

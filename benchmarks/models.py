@@ -388,23 +388,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  if v is not None}  # flags given on the command line win over the case's own
     cases = [replace(CASES[m], **overrides) for m in args.model_list]
     tasks = [t for case in cases for t in model_tasks(case, args.size, args.width, tuner)] if args.tune_trials else []
-    tuning = tuner.tune_and_report(tasks, tune=not args.no_tune)
-    if args.tune_only:
+    tuning, peak_before = C.tune_then_open_peak(tuner, tasks, args)
+    if peak_before is None:  # --tune-only
         return tuning
-    C.setup(args.threads, args.verbose)
-    peak_before = C.measure_peak(args.threads, repeats=max(args.repeats, 3))
-    print(f"peak: {peak_before}", flush=True)
     results = [run_model(case, args.size, args.width, tuner, args.threads, args.repeats) for case in cases]
-    peak = C.peak_of_run(peak_before, C.measure_peak(args.threads, repeats=max(args.repeats, 3)))
-    C.fill_pct_of_peak(results, peak["peak_gflops"])
+    peak = C.close_peak(peak_before, results, args.threads, repeats=max(args.repeats, 3))
     wall_s = time.perf_counter() - start
     info = C.run_info(args.threads, tuner, args.repeats, tuning)
     payload = {**info, "wall_s": round(wall_s, 1), "peak": peak, "quick": args.quick, "models": results}
     text = markdown(info, peak, results, wall_s)
-    json_path, md_path = C.write_results(args.out, "models", payload, text)
-    print(text.split("## Where the time goes")[0])
-    print(f"wrote {json_path} and {md_path}")
-    return payload
+    return C.publish(args.out, "models", payload, text, summary_end="## Where the time goes")
 
 
 if __name__ == "__main__":
