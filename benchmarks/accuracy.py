@@ -149,13 +149,19 @@ def _recipe_tag(args: argparse.Namespace) -> str:
     return "".join(f"_{name}{value:g}" for name, value in changed)
 
 
+def _plan_kwargs(args: argparse.Namespace, ratio: float, train: ImageData) -> dict[str, Any]:
+    """The ``prune`` arguments that shape the per-layer plan, one set for our schedules and the
+    one-shot plan the alternatives copy, so both prune to the same plan."""
+    return {"target": args.target, "pattern_k": args.pattern_k, "num_patterns": args.num_patterns, "ratio": ratio,
+            "min_layer_keep": args.min_layer_keep, "example_input": train.normalise(train.images[:1])}
+
+
 def run_ours(model, schedule: str, ratio: float, args, train: ImageData, test: ImageData, name: str = "model"):
     start = time.perf_counter()
     config = finetune_config(args, f"{name}_{ratio:g}x_{schedule}")
     pruned, report = prune(
-        model, target=args.target, pattern_k=args.pattern_k, num_patterns=args.num_patterns,
-        data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed), schedule=schedule, ratio=ratio, min_layer_keep=args.min_layer_keep, epochs=args.prune_epochs,
-        train_config=config, example_input=train.normalise(train.images[:1]),
+        model, data=train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed), schedule=schedule,
+        epochs=args.prune_epochs, train_config=config, **_plan_kwargs(args, ratio, train),
     )
     record = {"method": f"pattern+connectivity ({schedule})", "schedule": schedule,
               "mac_reduction": round(report.mac_reduction, 3), "top1": evaluate(pruned, test.loader(1000)),
@@ -173,9 +179,7 @@ def oneshot_plan(model, ratio: float, args, train: ImageData):
     re-estimation it ends with then costs one batch, not a pass over the data.
     """
     first_batch = next(iter(train.loader(args.batch_size, shuffle=True, augment=True, seed=args.seed)))
-    _, report = prune(model, target=args.target, pattern_k=args.pattern_k, num_patterns=args.num_patterns,
-                      data=[first_batch], schedule="oneshot", ratio=ratio,
-                      min_layer_keep=args.min_layer_keep, example_input=train.normalise(train.images[:1]))
+    _, report = prune(model, data=[first_batch], schedule="oneshot", **_plan_kwargs(args, ratio, train))
     return report
 
 
