@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .targets import host_cpu_name
+from .targets import host_cpu_name, system_cpu_name
 
 __all__ = [
     "ComparisonResult",
@@ -85,8 +85,11 @@ def machine_info() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     # The model name may be masked by a VM ("AMD EPYC"); LLVM's CPU name tells the generation.
-    return {"cpu": cpu, "llvm_cpu": host_cpu_name(), "logical_cpus": os.cpu_count(),
+    info = {"cpu": cpu, "llvm_cpu": system_cpu_name(), "logical_cpus": os.cpu_count(),
             "python": platform.python_version()}
+    if host_cpu_name() != info["llvm_cpu"]:  # MCPRUNER_HOST_CPU: code built for another CPU ran here
+        info["built_for_llvm_cpu"] = host_cpu_name()
+    return info
 
 
 def set_threads(threads: int) -> None:

@@ -13,7 +13,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TargetPreset", "get_preset", "preset_for_tvm_target", "preset_names"]
+__all__ = ["HOST_CPU_ENV", "TargetPreset", "get_preset", "preset_for_tvm_target", "preset_names"]
+
+# Names the LLVM CPU the ``host`` preset builds for, instead of this machine's (see host_cpu_name).
+HOST_CPU_ENV = "MCPRUNER_HOST_CPU"
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,11 @@ def usable_cpus() -> int:
     return len(usable_cpu_ids())
 
 
-def host_cpu_name() -> str:
+def system_cpu_name() -> str:
     """LLVM's name of this machine's CPU (e.g. ``znver4``), read from CPUID now.
 
     It names the microarchitecture even where a VM masks the model name ("AMD EPYC"), so
-    it keys tuning logs (``autotune_logs/<it>``) and is recorded with every measurement.
+    it is recorded with every measurement.
     """
     try:
         import tvm
@@ -100,20 +103,47 @@ def host_cpu_name() -> str:
         return "generic"
 
 
+def host_cpu_name() -> str:
+    """The CPU the ``host`` preset builds for: ``$MCPRUNER_HOST_CPU`` if set, else this one.
+
+    It keys tuning logs (``autotune_logs/<it>``). The override lets one machine build and
+    test what a narrower CPU of the same family gets (``MCPRUNER_HOST_CPU=znver1`` on an
+    AVX-512 host: 8-lane kernels, AVX2 code), so no test depends on the machine it runs on.
+    """
+    return os.environ.get(HOST_CPU_ENV, "").strip() or system_cpu_name()
+
+
+def _forced_vector_width(mcpu: str, flags: set[str]) -> int:
+    """fp32 lanes of the LLVM CPU ``mcpu``, refused where this machine could not run its code."""
+    import tvm
+
+    if not tvm.target.codegen.llvm_is_valid_cpu(mcpu, str(tvm.target.codegen.llvm_get_system_triple())):
+        raise ValueError(f"{HOST_CPU_ENV}={mcpu!r} is not a CPU name LLVM knows")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    features = {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(target)}
+    width = _host_vector_width(features)
+    if flags and width > _host_vector_width(flags):
+        raise ValueError(f"{HOST_CPU_ENV}={mcpu!r} needs {width}-lane vectors, but this CPU has "
+                         f"{_host_vector_width(flags)}: code built for it would not run here")
+    return width
+
+
 @functools.lru_cache(maxsize=None)
 def _host_preset() -> TargetPreset:
     flags = _cpu_flags()
-    width = _host_vector_width(flags)
+    forced = os.environ.get(HOST_CPU_ENV, "").strip()
+    width = _forced_vector_width(forced, flags) if forced else _host_vector_width(flags)
     threads = usable_cpus()
     target: dict[str, Any] = {"kind": "llvm", "num-cores": threads}  # mcpu: see tvm_target
     isa = {16: "AVX-512", 8: "AVX2", 4: "128-bit SIMD"}[width]
+    built_as = f" built as {forced}" if forced else ""
     return TargetPreset(
         name="host",
         target=target,
         vector_width=width,
         threads=threads,
         family="x86",
-        description=f"this machine's CPU ({isa}, {threads} threads)",
+        description=f"this machine's CPU{built_as} ({isa}, {threads} threads)",
     )
 
 

@@ -49,7 +49,7 @@ from tvm.s_tir import meta_schedule as ms
 import topi_sparse
 from relay_passes import CONFIRMED_RUNS, RankedTuningView, RewriteSparseConv2d, rank_tuned_records, to_tir_stage
 
-from .targets import TargetPreset, host_cpu_name, get_preset, usable_cpus
+from .targets import TargetPreset, get_preset, system_cpu_name, usable_cpus
 from .tuning_log import RECORD_FILE, append_provenance, default_log_dir, open_tuning_log, target_signature
 
 __all__ = ["TaskResult", "TuningReport", "tune"]
@@ -187,7 +187,7 @@ def tune(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "runner": "rpc" if tracker else "local",
         "tracker": tracker, "key": key if tracker else None, "emulated": emulated,
-        "host_cpu": host_cpu_name(), "tvm": tvm.__version__, "trials": trials, "search": search,
+        "host_cpu": system_cpu_name(), "tvm": tvm.__version__, "trials": trials, "search": search,
         "target": target_signature(tvm_target), "records_before": _count_lines(log_dir / RECORD_FILE),
     })
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from tvm_mcpruner.data import FASHION_MNIST_DIR
+from tests._resources import require_fashion_mnist
 
 from . import load_benchmark
 
-pytestmark = pytest.mark.skipif(
-    not FASHION_MNIST_DIR.is_dir() and os.environ.get("CI") != "true",
-    reason="dataset-fashion-mnist not installed (CI installs it via .ci/setup_data.sh)",
-)
+
+@pytest.fixture(autouse=True)
+def _fashion_mnist():
+    require_fashion_mnist()
 
 
 @pytest.mark.slow

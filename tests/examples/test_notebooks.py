@@ -16,9 +16,13 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 from nbclient.exceptions import CellExecutionError  # noqa: E402
 
+from tests._resources import require_fashion_mnist  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
+# Notebooks that read Fashion-MNIST (Debian's dataset-fashion-mnist).
+NEEDS_FASHION_MNIST = {"02_pruning_accuracy.ipynb"}
 
 
 def test_examples_has_notebooks() -> None:
@@ -28,6 +32,8 @@ def test_examples_has_notebooks() -> None:
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if path.name in NEEDS_FASHION_MNIST:
+        require_fashion_mnist()
     pythonpath = os.environ.get("PYTHONPATH")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), pythonpath])))
 

@@ -98,8 +98,10 @@ def log_runs(database, workload, trace, medians_ms):
         database.commit_tuning_record(ms.database.TuningRecord(trace, entry, secs, HOST.tvm_target(), args))
 
 
-OTHER_KNOBS = topi_sparse.PatternConvKnobs(lanes=16, tile_w=4, tile_h=2, order="row")
-THIRD_KNOBS = topi_sparse.PatternConvKnobs(lanes=16, tile_w=2, tile_h=1, order="group", vectorize_store=False)
+# Knobs other than any default; lanes are fixed by the packed weight, i.e. by the preset.
+OTHER_KNOBS = topi_sparse.PatternConvKnobs(lanes=HOST.vector_width, tile_w=4, tile_h=2, order="row")
+THIRD_KNOBS = topi_sparse.PatternConvKnobs(lanes=HOST.vector_width, tile_w=2, tile_h=1, order="group",
+                                           vectorize_store=False)
 
 
 @pytest.mark.parametrize(

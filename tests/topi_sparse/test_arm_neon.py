@@ -27,8 +27,8 @@ import tvm
 
 import topi_sparse
 import tvm_mcpruner as mcp
-from tests._arm import require_arm_emulation
-from tests._models import assert_close, randomize_bn, torch_output
+from tests._resources import require_arm_emulation
+from tests._models import assert_close, assert_close_to_exact, randomize_bn, torch_output
 from tests.topi_sparse.test_pattern_conv2d import make_weight, torch_reference
 from tvm_mcpruner import arm_emulation
 from tvm_mcpruner.sparse_format import pack_pattern_weights
@@ -183,6 +183,6 @@ def test_pruned_resnet18_matches_torch_on_emulated_aarch64(arm_server, tmp_path:
     lib_path = arm_emulation.export_for_arm(cm, tmp_path / "resnet18.so")
     y = arm_emulation.run_vm(arm_server, lib_path, [x.numpy()])
     expected = torch_output(pruned, x)
-    assert_close(y, expected, rel=1e-4)
+    assert_close_to_exact(y, pruned, x)
     row_difference = float(np.abs(y[0] - y[1]).max())
     assert row_difference > 1e-2 * float(np.abs(expected).max()), "output ignores the input"

@@ -15,7 +15,7 @@ from importlib.metadata import version
 
 import pytest
 
-from tests._arm import require_arm_emulation
+from tests._resources import require_arm_emulation
 from tvm_mcpruner import arm_emulation
 from tvm_mcpruner.arm_emulation import ArmEmulationError, parse_tracker
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 import struct
 
@@ -11,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests._resources import require_fashion_mnist
 from tvm_mcpruner import data as mcp_data
-from tvm_mcpruner.data import FASHION_MNIST_DIR, load_split, read_idx
+from tvm_mcpruner.data import load_split, read_idx
 
 
 def write_idx(path, array: np.ndarray, compress: bool) -> None:
@@ -115,9 +115,8 @@ def test_shift_and_flip_moves_pixels_without_inventing_any():
         assert values <= set(original.flatten().tolist()) and len(values) >= 16  # at most 2 rows/cols lost
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir() and os.environ.get("CI") != "true",
-                    reason="dataset-fashion-mnist not installed (CI installs it via .ci/setup_data.sh)")
 def test_fashion_mnist_from_the_debian_package():
+    require_fashion_mnist()
     train, test = load_split("fashion-mnist", "train"), load_split("fashion-mnist", "test")
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(test.labels).tolist() == [1000] * 10

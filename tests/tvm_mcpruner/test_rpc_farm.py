@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests._arm import require_arm_emulation
+from tests._resources import require_arm_emulation
 from tvm_mcpruner import arm_emulation, rpc_farm
 from tvm_mcpruner.rpc_farm import TrackerUnreachableError
 

@@ -9,7 +9,7 @@ import tvm
 
 import topi_sparse
 import tvm_mcpruner as mcp
-from tests._models import assert_close, randomize_bn, torch_output
+from tests._models import assert_close_to_exact, randomize_bn
 from tvm_mcpruner.models import get_model
 from tvm_mcpruner.sparse_format import pack_pattern_weights
 from tvm_mcpruner.targets import _cpu_flags, preset_for_tvm_target
@@ -53,4 +53,42 @@ def test_model_pruned_and_compiled_for_an_x86_preset_matches_torch(name):
     compiled = mcp.compile(mcp.from_torch(pruned, (x,)), target=name, tuning_log=None)
     assert compiled.num_sparse_layers > 0
     out = compiled.vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
-    assert_close(out, torch_output(pruned, x))
+    assert_close_to_exact(out, pruned, x)
+
+
+@pytest.fixture
+def host_cpu(monkeypatch):
+    """Set ``MCPRUNER_HOST_CPU`` (None: unset) and rebuild the ``host`` preset; restored after."""
+    from tvm_mcpruner import targets
+
+    def force(name):
+        if name is None:
+            monkeypatch.delenv(targets.HOST_CPU_ENV, raising=False)
+        else:
+            monkeypatch.setenv(targets.HOST_CPU_ENV, name)
+        targets._host_preset.cache_clear()
+        return name
+
+    yield force
+    monkeypatch.undo()
+    targets._host_preset.cache_clear()
+
+
+def test_the_host_preset_can_be_built_for_a_narrower_cpu(host_cpu):
+    host_cpu("znver1")  # AVX2 + FMA, no AVX-512: runs on any x86 host that has AVX2
+    preset = mcp.get_preset("host")
+    assert preset.vector_width == 8 and "built as znver1" in preset.description
+    assert preset.tvm_target().attrs["mcpu"] == "znver1"
+    assert mcp.targets.host_cpu_name() == "znver1"  # the tuning log folder follows it
+
+
+def test_a_host_cpu_this_machine_cannot_run_or_llvm_does_not_know_is_refused(host_cpu, monkeypatch):
+    from tvm_mcpruner import targets
+
+    host_cpu("no-such-cpu")
+    with pytest.raises(ValueError, match="MCPRUNER_HOST_CPU='no-such-cpu' is not a CPU name LLVM knows"):
+        mcp.get_preset("host")
+    monkeypatch.setattr(targets, "_cpu_flags", lambda: {"avx", "avx2", "fma"})  # an AVX2-only machine
+    host_cpu("znver4")
+    with pytest.raises(ValueError, match="needs 16-lane vectors, but this CPU has 8"):
+        mcp.get_preset("host")

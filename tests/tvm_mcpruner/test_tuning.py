@@ -17,7 +17,7 @@ import torch
 from tvm.s_tir import meta_schedule as ms
 
 import tvm_mcpruner as mcp
-from tests._arm import require_arm_emulation
+from tests._resources import require_arm_emulation
 from tvm_mcpruner import arm_emulation, rpc_farm
 from tests.relay_passes.test_schedule_kernels import OTHER_KNOBS, kernel_workload, log_runs, traced, without_knobs
 from relay_passes import RankedTuningView

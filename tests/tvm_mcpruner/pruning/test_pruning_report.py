@@ -102,7 +102,7 @@ def test_per_image_macs_with_example_input():
 
 
 def test_str_and_json():
-    _, report = prune(build_model(), target="host", num_patterns=3)
+    _, report = prune(build_model(), target="x86-avx512", num_patterns=3)
     text = str(report)
     assert "V=16" in text and "total conv MACs" in text and "reduction" in text
     assert "groups=20 (depthwise) left dense" in text and "last group 4 of 16 lanes" in text

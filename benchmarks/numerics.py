@@ -1,0 +1,132 @@
+"""How far compiled outputs are from exact arithmetic, next to torch's own fp32 error.
+
+Two fp32 programs that sum in different orders differ by about the rounding error each
+makes; for a deep net that error is set by the net, not by either program. So both our
+compiled model and torch fp32 are compared with the same model run in float64:
+
+- ``end_to_end``: the nets of ``tests/tvm_mcpruner/test_end_to_end.py`` (VGG-11,
+  ResNet-18, MobileNetV2 on 32x32; pruned with ``keep_kernels=0.5``, BatchNorm
+  statistics calibrated on data), batch 1 and 4, two inputs each: max |ours - f64| and
+  max |torch32 - f64|, both relative to max |f64|, and their ratio.
+- ``stages``: MobileNetV2 cut after each block of ``features``, each prefix compiled on
+  its own: where along the net the error grows, for ours and for torch.
+
+Usage: ``python benchmarks/numerics.py`` (``MCPRUNER_HOST_CPU=znver1`` builds the AVX2
+kernels on an AVX-512 host). Writes ``numerics_<llvm cpu>.json/.md`` to
+``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import _common as C  # noqa: F401  (puts the repository root on sys.path)
+import tvm_mcpruner as mcp
+from tests._models import randomize_bn
+from tvm_mcpruner.benchmark import machine_info
+from tvm_mcpruner.models import get_model
+
+NETS = {
+    "vgg11": dict(name="vgg11", width=0.25),
+    "resnet18": dict(name="resnet18", width=0.5, stem="cifar"),
+    "mobilenet_v2": dict(name="mobilenet_v2", width=0.5),
+}
+SIZE = 32
+
+
+def pruned_net(family: str) -> nn.Module:
+    """The pruned net of the end-to-end tests, with data-calibrated BatchNorm."""
+    torch.manual_seed(0)
+    kwargs = dict(NETS[family])
+    model = get_model(kwargs.pop("name"), **kwargs)
+    pruned, _ = mcp.prune(model, target="host", pattern_k=4, keep_kernels=0.5)
+    calib = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(100 + SIZE))
+    return randomize_bn(pruned, seed=7, example_input=calib)
+
+
+def errors(model: nn.Module, compiled, x: torch.Tensor) -> dict:
+    """Max abs errors of ours and of torch fp32 against float64, relative to max |f64|."""
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double().eval()(x.double()).numpy()
+        torch32 = model.eval()(x).numpy().astype(np.float64)
+    ours = np.asarray(compiled(x.numpy()), np.float64)
+    scale = float(np.abs(exact).max())
+    row = {"scale": scale,
+           "ours": float(np.abs(ours - exact).max()) / scale,
+           "torch": float(np.abs(torch32 - exact).max()) / scale,
+           "ours_vs_torch": float(np.abs(ours - torch32).max()) / scale}
+    row["ratio"] = row["ours"] / row["torch"] if row["torch"] > 0 else float("inf")
+    return row
+
+
+def end_to_end() -> list[dict]:
+    rows = []
+    for family in tqdm(NETS, desc="end to end"):
+        model = pruned_net(family)
+        for batch in (1, 4):
+            gen = torch.Generator().manual_seed(batch * 1000 + SIZE)
+            inputs = [torch.randn(batch, 3, SIZE, SIZE, generator=gen) for _ in range(2)]
+            compiled = mcp.compile(mcp.from_torch(model, (inputs[0],)), target="host", tuning_log=None)
+            for i, x in enumerate(inputs):
+                rows.append({"net": family, "batch": batch, "input": i, **errors(model, compiled, x)})
+    return rows
+
+
+def stages() -> list[dict]:
+    """MobileNetV2 prefixes: features[:k] for every k, compiled and compared on one input."""
+    model = pruned_net("mobilenet_v2")
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1000 + SIZE))
+    rows = []
+    for k in tqdm(range(1, len(model.features) + 1), desc="mobilenet_v2 stages"):
+        prefix = nn.Sequential(*model.features[:k]).eval()
+        compiled = mcp.compile(mcp.from_torch(prefix, (x,)), target="host", tuning_log=None)
+        rows.append({"blocks": k, "sparse_layers": compiled.num_sparse_layers, **errors(prefix, compiled, x)})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"# Output error against float64 ({m['llvm_cpu']}"
+             + (f", kernels built for {m['built_for_llvm_cpu']}" if "built_for_llvm_cpu" in m else "")
+             + f", host preset {result['preset']})", "",
+             "Errors are max |y - y_f64| / max |y_f64| over the output; ratio = ours / torch.", "",
+             "| net | batch | input | ours | torch fp32 | ratio | ours vs torch |", "|---|---|---|---|---|---|---|"]
+    for r in result["end_to_end"]:
+        lines.append(f"| {r['net']} | {r['batch']} | {r['input']} | {r['ours']:.2e} | {r['torch']:.2e} "
+                     f"| {r['ratio']:.2f} | {r['ours_vs_torch']:.2e} |")
+    ratios = [r["ratio"] for r in result["end_to_end"]]
+    lines += ["", f"Ratio: median {statistics.median(ratios):.2f}, max {max(ratios):.2f}.", "",
+              "## MobileNetV2 (width 0.5, 32x32), cut after each block of `features`", "",
+              "| blocks | sparse layers | ours | torch fp32 | ratio |", "|---|---|---|---|---|"]
+    for r in result["stages"]:
+        lines.append(f"| {r['blocks']} | {r['sparse_layers']} | {r['ours']:.2e} | {r['torch']:.2e} | {r['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--no-stages", action="store_true", help="skip the per-block MobileNetV2 table")
+    args = parser.parse_args()
+    torch.set_num_threads(C.usable_cpus())
+    result = {"machine": machine_info(), "preset": mcp.get_preset("host").description,
+              "end_to_end": end_to_end(), "stages": [] if args.no_stages else stages()}
+    cpu = result["machine"].get("built_for_llvm_cpu", result["machine"]["llvm_cpu"])
+    stem = args.out / (f"numerics_{cpu}_on_{result['machine']['llvm_cpu']}"
+                       if "built_for_llvm_cpu" in result["machine"] else f"numerics_{cpu}")
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
