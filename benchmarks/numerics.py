@@ -19,21 +19,24 @@ kernels on an AVX-512 host). Writes ``numerics_<llvm cpu>.json/.md`` to
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
+import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-from tqdm import tqdm
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: F401  (puts the repository root on sys.path)
-import tvm_mcpruner as mcp
-from tests._models import randomize_bn
-from tvm_mcpruner.benchmark import machine_info
-from tvm_mcpruner.models import get_model
+import _common as C  # noqa: E402  (puts the repository root on sys.path)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import tvm_mcpruner as mcp  # noqa: E402
+from tests._models import randomize_bn  # noqa: E402  (the calibrated BatchNorm of the end-to-end tests)
+from tvm_mcpruner.benchmark import machine_info  # noqa: E402
+from tvm_mcpruner.models import get_model  # noqa: E402
+from tvm_mcpruner.pruning.masks import deepcopy_model  # noqa: E402
 
 NETS = {
     "vgg11": dict(name="vgg11", width=0.25),
@@ -56,7 +59,7 @@ def pruned_net(family: str) -> nn.Module:
 def errors(model: nn.Module, compiled, x: torch.Tensor) -> dict:
     """Max abs errors of ours and of torch fp32 against float64, relative to max |f64|."""
     with torch.no_grad():
-        exact = copy.deepcopy(model).double().eval()(x.double()).numpy()
+        exact = deepcopy_model(model).double().eval()(x.double()).numpy()
         torch32 = model.eval()(x).numpy().astype(np.float64)
     ours = np.asarray(compiled(x.numpy()), np.float64)
     scale = float(np.abs(exact).max())

@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Callable
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
+
+from tvm_mcpruner.pruning.masks import deepcopy_model  # copies pruned (masked) models too
 
 __all__ = [
     "PATTERNS_4",
@@ -179,7 +179,7 @@ def assert_close_to_exact(actual: np.ndarray, model: nn.Module, x: torch.Tensor 
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     with torch.no_grad():
-        exact = copy.deepcopy(model).double().eval()(x.double()).numpy()
+        exact = deepcopy_model(model).double().eval()(x.double()).numpy()
     fp32 = torch_output(model, x).astype(np.float64)
     actual = np.asarray(actual, np.float64)
     assert actual.shape == exact.shape, f"shape {actual.shape} != {exact.shape}"
