@@ -209,7 +209,7 @@ def run_filter(model, ratio: float, args, train: ImageData, test: ImageData, var
 @torch.no_grad()
 def _nonzero_conv_macs(model: torch.nn.Module, example: torch.Tensor) -> tuple[int, int]:
     """(dense, non-zero weight) conv MACs per image: what an ideal unstructured kernel would do."""
-    from tvm_mcpruner.pruning.api import conv_output_pixels
+    from tvm_mcpruner.pruning.plan import conv_output_pixels
 
     convs = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     pixels = conv_output_pixels(model, convs, example)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .api import ExampleInput, conv_output_pixels
+from .plan import ExampleInput, conv_output_pixels
 from .masks import apply_mask, deepcopy_model
 from .report import PruneReport
 

@@ -21,23 +21,20 @@ Every schedule ends with the plan's final masks applied and returns their patter
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
+from .masks import deepcopy_model
+from .plan import PrunePlan, apply_plan, screen_plan
 from .train import TrainConfig, fit, recalibrate_batch_norm
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from .api import PrunePlan
 
 __all__ = ["SCHEDULES", "Batches", "run_schedule", "gradual_keeps"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-ApplyPlan = Callable[..., dict[str, torch.Tensor]]  # apply_plan(plan, check=True)
 SCHEDULES = ("oneshot", "iterative", "admm")
 
 
@@ -47,8 +44,8 @@ def default_finetune_config() -> TrainConfig:
 
 
 def run_schedule(
-    schedule: str, model: nn.Module, plan: PrunePlan, apply_plan: ApplyPlan,
-    data: Batches | None, epochs: int, config: TrainConfig | None,
+    schedule: str, model: nn.Module, plan: PrunePlan, data: Batches | None, epochs: int,
+    config: TrainConfig | None,
 ) -> dict[str, torch.Tensor]:
     """Prune ``model`` per ``plan`` under ``schedule`` (module docstring); final pattern ids."""
     config = default_finetune_config() if config is None else config
@@ -59,9 +56,9 @@ def run_schedule(
         if data is not None and epochs:
             fit(model, data, replace(config, epochs=epochs, history=config.history), description="fine-tune")
     elif schedule == "iterative":
-        pattern_ids = _iterative(model, plan, apply_plan, data, epochs, config)
+        pattern_ids = _iterative(model, plan, data, epochs, config)
     elif schedule == "admm":
-        pattern_ids = _admm(model, plan, apply_plan, data, epochs, config)
+        pattern_ids = _admm(model, plan, data, epochs, config)
     else:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if data is not None:  # the pruned net's activations moved: fresh BatchNorm statistics
@@ -71,8 +68,6 @@ def run_schedule(
 
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in eval mode with gradients off (a distillation teacher)."""
-    from .masks import deepcopy_model
-
     teacher = deepcopy_model(model).eval()
     for param in teacher.parameters():
         param.requires_grad_(False)
@@ -94,19 +89,16 @@ def gradual_keeps(target: float, steps: int) -> list[float]:
 UPDATES_PER_EPOCH = 8
 
 
-def _iterative(model: nn.Module, plan: PrunePlan, apply_plan: ApplyPlan, data: Batches, epochs: int,
-               config: TrainConfig) -> dict[str, torch.Tensor]:
+def _iterative(model: nn.Module, plan: PrunePlan, data: Batches, epochs: int, config: TrainConfig) -> dict[str, torch.Tensor]:
     """One training run (one optimizer, one cosine LR decay over all ``epochs``): the pattern
     at once, then the kept share of kernels falls on the cubic schedule over the first half
     (a mask update every 1/UPDATES_PER_EPOCH epoch, or every epoch when ``data`` has no
     length), and the final masks train to the end of the decay."""
-    from .api import screen_plan  # api imports this module
-
     screen_plan(plan)  # layers the final keeps would not speed up stay dense from the start
     targets = {name: plan.keeps[name] for name in plan.eligible}
     pruning_epochs, _ = _split_epochs(epochs)
     per_epoch = len(data) if hasattr(data, "__len__") else 0
-    ramp = _KeepRamp(plan, apply_plan, targets, pruning_epochs, per_epoch)
+    ramp = _KeepRamp(plan, targets, pruning_epochs, per_epoch)
     plan.keeps.update({name: 1.0 for name in targets})
     apply_plan(plan, check=False)  # the pattern first, every kernel kept
     fit(model, data, replace(config, epochs=epochs, history=config.history), description="iterative",
@@ -121,9 +113,8 @@ class _KeepRamp:
     target on :func:`gradual_keeps` over ``pruning_epochs``, one update every
     1/UPDATES_PER_EPOCH epoch (every epoch when the data has no length)."""
 
-    def __init__(self, plan: PrunePlan, apply_plan: ApplyPlan, targets: dict[str, float], pruning_epochs: int,
-                 per_epoch: int) -> None:
-        self.plan, self.apply_plan = plan, apply_plan
+    def __init__(self, plan: PrunePlan, targets: dict[str, float], pruning_epochs: int, per_epoch: int) -> None:
+        self.plan = plan
         self.interval = max(1, per_epoch // UPDATES_PER_EPOCH) if per_epoch else 0
         self.updates = pruning_epochs * (per_epoch // self.interval) if self.interval else pruning_epochs
         self.ramp = {name: gradual_keeps(keep, self.updates) for name, keep in targets.items()}
@@ -132,7 +123,7 @@ class _KeepRamp:
     def tighten(self) -> None:
         if self.done < self.updates:
             self.plan.keeps.update({name: keeps[self.done] for name, keeps in self.ramp.items()})
-            self.apply_plan(self.plan, check=False)
+            apply_plan(self.plan, check=False)
             self.done += 1
 
     def on_step(self) -> None:
@@ -198,8 +189,7 @@ class AdmmState:
         return num / max(den, 1e-30)
 
 
-def _admm(model: nn.Module, plan: PrunePlan, apply_plan: ApplyPlan, data: Batches, epochs: int,
-          config: TrainConfig) -> dict[str, torch.Tensor]:
+def _admm(model: nn.Module, plan: PrunePlan, data: Batches, epochs: int, config: TrainConfig) -> dict[str, torch.Tensor]:
     """ADMM for about half the epochs at a constant LR (Z, U and rho updated after each
     epoch; a decaying LR would weaken the pull of the growing rho), hard prune, then masked
     retraining with a cosine decay."""

@@ -21,15 +21,12 @@ pruned (``keep_linear``), as the report does.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .masks import kept_kernel_count
-
-if TYPE_CHECKING:
-    from .api import ExampleInput, PrunePlan
+from .plan import ExampleInput, PrunePlan, conv_output_pixels
 
 __all__ = ["KEEP_LEVELS", "allocate_keeps", "issued_macs_per_pixel", "lowest_keep_level", "sensitivity_table"]
 
@@ -112,8 +109,6 @@ def allocate_keeps(
     the lowest level; a higher floor spreads the cut more evenly). Raises ``ValueError`` when even that
     level everywhere cannot reach ``ratio``.
     """
-    from .api import conv_output_pixels  # api imports this module
-
     floor = lowest_keep_level(min_keep)
 
     pixels = conv_output_pixels(model, plan.layers, example_input) if example_input is not None else {}
