@@ -66,7 +66,7 @@ from tvm import s_tir, te, tirx  # noqa: E402
 
 import topi_sparse  # noqa: E402
 from topi_sparse.pattern_conv2d import pattern_conv2d_nchw  # noqa: E402
-from topi_sparse.x86 import schedule_pattern_conv2d_cpu  # noqa: E402
+from topi_sparse.cpu import schedule_pad_copy  # noqa: E402
 from tvm_mcpruner.sparse_format import pack_pattern_weights  # noqa: E402
 
 # (C, O, H=W, stride): the distinct 3x3 layers of ResNet-50 and of VGG-16 beyond its stem
@@ -120,7 +120,7 @@ def prepare_kernel(c: int, o: int, size: int, stride: int, seed: int, keep: floa
     build = functools.partial(
         topi_sparse.build_pattern_conv2d,
         (1, c, size, size), w.shape, packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
-        stride=stride, padding=(1, 1, 1, 1), family="x86",
+        stride=stride, padding=(1, 1, 1, 1), family="cpu",
     )
     kernel = build()
     if knobs_change:
@@ -175,7 +175,7 @@ def ablation_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc:
 
     tensors = pattern_conv2d_nchw(shape, tile, with_bias=False, entry_offset=offset)  # offsets: unused
     func = te.create_prim_func(tensors).with_attr("mcpruner.padded_width", wp)
-    return schedule_pattern_conv2d_cpu(func, kernel.knobs)
+    return topi_sparse.schedule_pattern_conv2d(func, "cpu", kernel.knobs)
 
 
 def column_form_width() -> int:
@@ -192,7 +192,7 @@ def column_form_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc
     if kernel.shape.stride != 1 or kernel.knobs.tile_w != width:
         raise ValueError("the column form needs stride 1 and a compute built for its tile width")
     sch = s_tir.Schedule(kernel.compute)
-    topi_sparse.x86.schedule_pad_copy(sch, "row")
+    schedule_pad_copy(sch, "row")
     out, acc = sch.get_sblock("out"), sch.get_sblock("acc")
     n, o, oh, ow = sch.get_loops(out)
     group, lane = sch.split(o, [None, kernel.shape.lanes])
@@ -240,7 +240,7 @@ def prepadded_runner(prepared: PreparedKernel, ours: Callable[[], Any], target) 
     kernel = topi_sparse.build_pattern_conv2d(
         (s.batch, s.in_channels, s.height + top + bottom, s.width + left + right), prepared.weight.shape,
         packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
-        stride=s.stride, padding=(0, 0, 0, 0), family="x86", knobs=prepared.kernel.knobs,
+        stride=s.stride, padding=(0, 0, 0, 0), family="cpu", knobs=prepared.kernel.knobs,
     )
     if not kernel.shape.reads_input_directly(kernel.knobs.tile_w):
         return None

@@ -12,10 +12,10 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight
 
+import topi_sparse
 from tvm_mcpruner.sparse_format import MIN_MAC_REDUCTION
 from tvm_mcpruner.targets import TargetPreset, get_preset, preset_for_tvm_target
 
-from .cpu_fallback import ParallelVectorizeLeftovers
 from .rewrite_sparse_conv2d import RewriteSparseConv2d
 from .schedule_kernels import ApplyTuningDatabase, ScheduleSparseKernels
 
@@ -58,38 +58,50 @@ def mcpruner_pipeline(
 
 
 def to_tir_stage(preset: TargetPreset, rewrite: RewriteSparseConv2d) -> tvm.transform.Pass:
-    """Our rewrites and TVM's legalization + fusion: every op is a PrimFunc, none scheduled.
+    """Our rewrites and TVM's legalization + fusion for the target: every op a PrimFunc.
 
     This is the module that tuning extracts its tasks from and that tuning logs are
-    applied to, so ``mcp.tune`` and ``mcp.compile`` both go through here. Run it inside
-    the target's scope.
+    applied to, so ``mcp.tune`` and ``mcp.compile`` both go through here. Our kernels are
+    left unscheduled (TVM's GPU stages schedule its own ops here). Run it inside the
+    target's scope.
     """
+    target = preset.tvm_target()
     passes = [relax.transform.FoldConstant(), rewrite]  # FoldConstant: bias arrives as reshape(const)
-    if preset.family in ("x86", "arm_cpu"):
-        from tvm.relax.backend.cpu_generic import pipeline as cpu  # stages are not re-exported
-
-        target = preset.tvm_target()
-        passes += cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-    return tvm.transform.Sequential(passes)
+    tvm_stages = _tvm_stages(target)
+    return tvm.transform.Sequential(passes + tvm_stages.library_dispatch_passes(target)
+                                    + tvm_stages.legalize_passes(target))
 
 
 def _lowering(target: tvm.target.Target, preset: TargetPreset) -> tvm.transform.Pass:
     """Schedules for what is left, then TVM's lowering for ``target``.
 
-    On CPUs the stages are TVM's own (``relax.backend.cpu_generic``): our kernels get
-    their default schedule, then :class:`ParallelVectorizeLeftovers` takes every
-    PrimFunc not scheduled yet.
+    Our kernels get their family's default schedule, then the family's rules take the
+    TVM ops not scheduled yet (on CPUs TVM lowers those as plain serial loops otherwise).
     """
-    if target.kind.name != "llvm":
-        return relax.get_default_pipeline(target)
-    from tvm.relax.backend.cpu_generic import pipeline as cpu  # dataflow_lower_passes is not re-exported
+    passes = []
+    if preset.family is not None:
+        family = topi_sparse.family_module(preset.family)
+        passes.append(ScheduleSparseKernels(family.NAME))
+        rules = family.leftover_rules(preset.vector_width)
+        if rules:
+            passes.append(dlight.ApplyDefaultSchedule(*rules))
+    tvm_stages = _tvm_stages(target)
+    return tvm.transform.Sequential(passes + tvm_stages.dataflow_lower_passes(target)
+                                    + tvm_stages.finalize_passes(target))
 
-    return tvm.transform.Sequential(
-        [ScheduleSparseKernels(preset.family),
-         dlight.ApplyDefaultSchedule(ParallelVectorizeLeftovers(preset.vector_width))]
-        + cpu.dataflow_lower_passes(target)
-        + cpu.finalize_passes(target)
-    )
+
+def _tvm_stages(target: tvm.target.Target):
+    """TVM's per-target stage lists (``library_dispatch_passes`` ... ``finalize_passes``).
+
+    ``tvm.relax.pipeline`` picks them by the target's kind and keys; for llvm it reaches for
+    functions that ``relax.backend.cpu_generic`` does not re-export in TVM 0.27, so for llvm
+    the module that defines them is used directly.
+    """
+    if target.kind.name == "llvm":
+        from tvm.relax.backend.cpu_generic import pipeline as cpu_stages
+
+        return cpu_stages
+    return relax.pipeline
 
 
 if "mcpruner" not in relax.pipeline.PIPELINE_MAP:

@@ -245,8 +245,10 @@ def _unsupported(conv: relax.Call, preset: TargetPreset) -> str:
         return f"strides {tuple(int(s) for s in attrs.strides)}: only equal H/W strides"
     if attrs.out_dtype not in (None, "", "float32"):
         return f"out_dtype {attrs.out_dtype} not supported"
-    if preset.family not in topi_sparse.SCHEDULED_FAMILIES:
-        return f"no sparse schedule for target family {preset.family!r} yet"
+    if preset.family is None:
+        target = preset.tvm_target()
+        return (f"no sparse schedule for target {target.kind.name} (keys {', '.join(map(str, target.keys))}) "
+                f"yet; scheduled families: {', '.join(topi_sparse.SCHEDULED_FAMILIES)}")
     return ""
 
 

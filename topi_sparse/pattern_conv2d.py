@@ -34,7 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-__all__ = ["ROW_MULTIPLE", "PatternConvShape", "pattern_conv2d_nchw", "kernel_operands"]
+__all__ = ["KERNEL_ATTR", "ROW_MULTIPLE", "PatternConvShape", "is_kernel", "is_unscheduled_kernel",
+           "kernel_operands", "pattern_conv2d_compute", "pattern_conv2d_nchw"]
+
+# PrimFunc attribute that marks our kernels (value: the kernel's name); the Relax
+# pipeline schedules marked functions that tuning did not schedule already.
+KERNEL_ATTR = "mcpruner.kernel"
 
 # acc's rows are padded to a multiple of this (when a padded input copy exists): every
 # register tile height up to it that divides it fits every layer.
@@ -197,3 +202,34 @@ def pattern_conv2d_nchw(
 
     out = te.compute((n_, shape.out_channels, oh_, ow_), epilogue, name="out")
     return [data, values, offsets, *([bias] if bias is not None else []), out]
+
+
+def pattern_conv2d_compute(
+    shape: PatternConvShape,
+    tile_w: int,
+    *,
+    with_bias: bool = False,
+    clip: tuple[float | None, float | None] | None = None,
+) -> tirx.PrimFunc:
+    """The unscheduled PrimFunc ``(data, values, offsets[, bias], out)`` of one layer.
+
+    ``tile_w`` pads ``acc``'s columns to a multiple of it; any schedule whose register
+    tile divides that padded width fits the same compute (the tuning workload).
+    """
+    tensors = pattern_conv2d_nchw(shape, tile_w, with_bias, clip)
+    return te.create_prim_func(tensors).with_attrs({
+        KERNEL_ATTR: "pattern_conv2d",
+        "mcpruner.padded_width": shape.padded_width(tile_w),
+        "mcpruner.tile_w": tile_w,
+        "mcpruner.lanes": shape.lanes,
+    })
+
+
+def is_kernel(func) -> bool:
+    """True for a PrimFunc of one of our kernels (marked :data:`KERNEL_ATTR`), scheduled or not."""
+    return isinstance(func, tirx.PrimFunc) and bool(func.attrs) and KERNEL_ATTR in func.attrs
+
+
+def is_unscheduled_kernel(func) -> bool:
+    """True for a ``topi_sparse`` compute that no schedule (default or tuned) reached yet."""
+    return is_kernel(func) and not func.attrs.get("tirx.is_scheduled", False)

@@ -15,7 +15,7 @@ from relay_passes import ApplyTuningDatabase, RewriteSparseConv2d, SparseLayerRe
 
 from .sparse_format import MIN_MAC_REDUCTION
 from .targets import TargetPreset, get_preset, usable_cpu_ids
-from .tuning_log import LogProvenance, find_tuning_log, log_provenance, open_tuning_log
+from .tuning_log import LogProvenance, find_tuning_log, log_provenance, open_tuning_log, target_signature
 
 __all__ = ["CompiledModel", "SparseLayerRecord", "compile", "set_tvm_threads"]
 
@@ -32,6 +32,11 @@ class CompiledModel:
     "emulated"), ``tuned_functions`` the PrimFuncs that got a schedule from it and
     ``tuned_knobs`` the knobs of those that are our sparse kernels and got other knobs
     than their defaults (by function name; None: the log does not say which).
+
+    ``device`` is where this process runs the code (the target's kind picks it); None
+    when it cannot (``cannot_run_here`` says why and how to run it: code for another CPU
+    or for a runtime this TVM build lacks, such as OpenCL, is exported and run on its
+    device over ``tvm.rpc``). Calling the model there raises that message.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class CompiledModel:
         tuned_functions: list[str] | None = None,
         tuning_log_provenance: LogProvenance | None = None,
         tuned_knobs: dict | None = None,
+        no_log_reason: str = "none (default schedules)",
     ):
         self.executable = executable
         self.preset = preset
@@ -53,29 +59,28 @@ class CompiledModel:
         self.tuned_functions = list(tuned_functions or [])
         self.tuned_knobs = dict(tuned_knobs or {})
         self.threads = threads or preset.threads
-        self.device = tvm.cpu() if preset.family in ("x86", "arm_cpu") else None
+        self.no_log_reason = no_log_reason
+        self.device, self.cannot_run_here = _device_for(preset.tvm_target())
         self._vm = None
 
     @property
     def vm(self) -> relax.VirtualMachine:
         if self._vm is None:
             if self.device is None:
-                raise RuntimeError(
-                    f"{self.preset.name} code runs on its device: export_library() and load it there"
-                )
+                raise RuntimeError(f"{self.preset.name}: {self.cannot_run_here}")
             set_tvm_threads(self.threads)
             self._vm = relax.VirtualMachine(self.executable, self.device)
         return self._vm
 
     def __call__(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
-        args = [tvm.runtime.tensor(_as_numpy(x), self.device) for x in inputs]
-        out = self.vm["main"](*args)
+        vm = self.vm  # first: says how to run code this process cannot
+        out = vm["main"](*[tvm.runtime.tensor(_as_numpy(x), self.device) for x in inputs])
         return _to_numpy(out)
 
     def time(self, *inputs: Any, number: int = 10, repeat: int = 5) -> list[float]:
         """Seconds per call, one entry per repeat (each the mean of ``number`` calls)."""
-        args = [tvm.runtime.tensor(_as_numpy(x), self.device) for x in inputs]
         timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        args = [tvm.runtime.tensor(_as_numpy(x), self.device) for x in inputs]
         return list(timer(*args).results)
 
     @property
@@ -89,7 +94,7 @@ class CompiledModel:
         lines = [f"compiled for {self.preset.name}: {self.num_sparse_layers} of "
                  f"{len(self.sparse_layers)} conv layers sparse"]
         if self.tuning_log is None:
-            lines.append("  tuning log: none (default schedules)")
+            lines.append(f"  tuning log: {self.no_log_reason}")
         else:
             provenance = self.tuning_log_provenance or LogProvenance()
             lines.append(f"  tuning log: {self.tuning_log} ({len(self.tuned_functions)} functions "
@@ -104,6 +109,23 @@ class CompiledModel:
             return "  [tuning log: default kept]"
         knobs = self.tuned_knobs[function]
         return f"  [tuned: {knobs.describe()}]" if knobs else "  [tuned]"
+
+
+def _device_for(target: tvm.target.Target) -> tuple[Any, str | None]:
+    """(device, None) where this process can run code built for ``target``, else (None, why)."""
+    how = "export_library() it and run it on its device (over tvm.rpc: mcpruner server / tracker)"
+    if target.kind.name == "llvm":
+        triple = str(target.attrs.get("mtriple", "") or "")
+        here = str(tvm.target.codegen.llvm_get_system_triple())
+        if triple and triple.split("-")[0] != here.split("-")[0]:
+            return None, (f"built for {triple}, and this machine is {here}: {how}; "
+                          "python -m tvm_mcpruner.arm_emulation runs aarch64 code under qemu")
+        return tvm.cpu(), None
+    device = tvm.device(target.kind.name)
+    if not device.exist:
+        return None, (f"this TVM build or machine has no {target.kind.name} device (the apache-tvm wheel "
+                      f"has no OpenCL runtime): {how}, with a TVM runtime built for it")
+    return device, None
 
 
 def set_tvm_threads(threads: int) -> None:
@@ -148,6 +170,9 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     preset = get_preset(target)
     tvm_target = preset.tvm_target()
     log_dir = find_tuning_log(tvm_target) if tuning_log == "auto" else tuning_log
+    no_log_reason = "not applied (tuning_log=None): default schedules" if tuning_log is None else (
+        f"none under autotune_logs/ was measured for {_describe_target(tvm_target)}: default schedules "
+        "(mcp.tune / mcpruner tune measures one)")
     apply_log = ApplyTuningDatabase(open_tuning_log(log_dir, tvm_target), preset.family) if log_dir else None
     provenance = log_provenance(log_dir) if log_dir else None  # validated just above: not parsed again
     if provenance is not None and provenance.status == "emulated":
@@ -162,7 +187,16 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
                 f"{log_dir} ({len(applied)} functions tuned; {provenance.describe()})" if log_dir else "none")
     return CompiledModel(executable, preset, list(rewrite.records), threads=threads,
                          tuning_log=Path(log_dir) if log_dir else None, tuned_functions=applied,
-                         tuning_log_provenance=provenance, tuned_knobs=_changed_knobs(apply_log))
+                         tuning_log_provenance=provenance, tuned_knobs=_changed_knobs(apply_log),
+                         no_log_reason=no_log_reason)
+
+
+def _describe_target(target: tvm.target.Target) -> str:
+    """e.g. ``llvm znver4, 2 cores``: what a tuning log must have been measured for."""
+    signature = target_signature(target)
+    parts = [signature.get("kind", "?"), signature.get("mtriple"), signature.get("mcpu"), signature.get("device")]
+    cores = signature.get("num-cores")
+    return " ".join(str(p) for p in parts if p) + (f", {cores} cores" if cores else "")
 
 
 def _changed_knobs(apply_log: ApplyTuningDatabase | None) -> dict:

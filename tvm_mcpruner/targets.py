@@ -27,7 +27,6 @@ class TargetPreset:
     target: dict[str, Any]
     vector_width: int
     threads: int
-    family: str  # schedule family in topi_sparse: "x86", "arm_cpu", "mali", "cuda"
     description: str
     host: dict[str, Any] | None = None
     rpc_key: str | None = None
@@ -41,6 +40,14 @@ class TargetPreset:
         ``rpc_farm`` and ``mcpruner compile --out`` read it from here.
         """
         return self.extra.get("cross_compiler")
+
+    @functools.cached_property
+    def family(self) -> str | None:
+        """The ``topi_sparse`` family that schedules our kernels for this preset's target
+        (picked from the target's kind and keys; None: no sparse schedule for it yet)."""
+        from topi_sparse import family_of  # imports TVM
+
+        return family_of(self.tvm_target())
 
     def tvm_target(self):
         """The ``tvm.target.Target`` for this preset (imports TVM)."""
@@ -142,7 +149,6 @@ def _host_preset() -> TargetPreset:
         target=target,
         vector_width=width,
         threads=threads,
-        family="x86",
         description=f"this machine's CPU{built_as} ({isa}, {threads} threads)",
     )
 
@@ -159,7 +165,6 @@ def _x86_preset(name: str, mcpu: str, width: int, isa: str) -> TargetPreset:
         target={"kind": "llvm", "mcpu": mcpu, "num-cores": threads},
         vector_width=width,
         threads=threads,
-        family="x86",
         description=f"x86-64 with {isa} ({mcpu}), fp32x{width} FMA",
     )
 
@@ -178,7 +183,6 @@ _HIKEY970_CPU = TargetPreset(
     },
     vector_width=4,
     threads=4,
-    family="arm_cpu",
     description="HiKey970 big cluster: 4x Cortex-A73, NEON fp32x4",
     rpc_key="hikey970",
     extra={"cross_compiler": "aarch64-linux-gnu-gcc"},
@@ -189,7 +193,6 @@ _HIKEY970_MALI = TargetPreset(
     target={"kind": "opencl", "device": "mali", "max_num_threads": 256},
     vector_width=4,
     threads=1,
-    family="mali",
     description="HiKey970 Mali-G72 MP12 via OpenCL, float4 vectors",
     host={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
     rpc_key="hikey970",
@@ -200,7 +203,6 @@ _CUDA = TargetPreset(
     target={"kind": "cuda"},
     vector_width=4,
     threads=1,
-    family="cuda",
     description="NVIDIA GPU via CUDA (float4 loads)",
     host={"kind": "llvm"},
 )

@@ -167,7 +167,7 @@ def tune(
     key = key or preset.rpc_key
     emulated = _resolve_emulated(emulated, tracker, key)
     tvm_target = preset.tvm_target()
-    if preset.family in ("x86", "arm_cpu"):
+    if tvm_target.kind.name == "llvm":
         _skip_cuda_tensor_intrinsics()
     log_dir = Path(log_dir) if log_dir is not None else default_log_dir(preset)
     database = open_tuning_log(log_dir, tvm_target, create=True)
@@ -416,7 +416,7 @@ def _progress(items: list, description: str, enabled: bool):
 
 def _export_function(preset: TargetPreset):
     """How built candidates become files a runner loads: aarch64 is linked here."""
-    if preset.family == "arm_cpu":
+    if preset.cross_compiler is not None:
         from . import rpc_farm
 
         return rpc_farm.export_aarch64_shared_library

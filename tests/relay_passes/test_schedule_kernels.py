@@ -173,7 +173,7 @@ def test_records_of_an_earlier_schedule_version_are_left_out(caplog, monkeypatch
     # A trace logged by earlier code replays its old loop structure: ranked out, kept in the log.
     workload, _ = kernel_workload()
     default = topi_sparse.default_schedule_trace(workload, HOST.family)
-    assert topi_sparse.trace_schedule_id(default) == topi_sparse.x86.SCHEDULE_ID
+    assert topi_sparse.trace_schedule_id(default) == topi_sparse.cpu.SCHEDULE_ID
     old = without_knobs(traced(workload, OTHER_KNOBS))
     assert topi_sparse.trace_schedule_id(old) is None and not topi_sparse.is_current_trace(old)
     database = ms.database.MemoryDatabase()

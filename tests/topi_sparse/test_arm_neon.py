@@ -69,7 +69,7 @@ class BuiltKernel:
 
 
 def pattern_conv2d_variant(case: ConvCase) -> BuiltKernel:
-    """``topi_sparse.build_pattern_conv2d(family="arm_cpu")`` on a packed random weight."""
+    """``topi_sparse.build_pattern_conv2d(family="cpu")`` on a packed random weight."""
     rng = np.random.default_rng(0)
     k = case.kernel
     x = rng.standard_normal((case.batch, case.in_channels, case.height, case.width), np.float32)

@@ -21,7 +21,7 @@ def _kernel(x, w, stride, padding, lanes):
     row_channel, row_tap = packed.row_channels_and_taps()
     return build_pattern_conv2d(
         x.shape, w.shape, packed.row_ptr, row_channel, row_tap, packed.values, stride=stride,
-        padding=(padding,) * 4, family="x86", clip=(0.0, None),
+        padding=(padding,) * 4, family="cpu", clip=(0.0, None),
     )
 
 
@@ -52,7 +52,7 @@ def test_random_points_of_every_design_space_match_torch(c, o, h, wd, stride, pa
     w = make_weight(rng, o, c, 3, 3, lanes, "aligned", 0.5)
     kernel = _kernel(x, w, stride, padding, lanes)
     ref = torch_reference(x, w, None, stride=stride, padding=padding, clip=(0.0, None))
-    spaces = topi_sparse.pattern_conv2d_design_spaces(s_tir.Schedule(kernel.compute, seed=seed), "x86")
+    spaces = topi_sparse.pattern_conv2d_design_spaces(s_tir.Schedule(kernel.compute, seed=seed), "cpu")
     assert len(spaces) == 8  # searched loop order x column store x lanes unrolled
     for space in spaces:
         assert_close(_run(space.mod["main"], kernel, x), ref)
@@ -64,8 +64,8 @@ def test_default_schedule_is_a_point_of_the_space():
     x = rng.standard_normal((1, 8, 14, 14)).astype(np.float32)
     kernel = _kernel(x, make_weight(rng, 32, 8, 3, 3, 16, "aligned", 0.5), 1, 1, 16)
     default = s_tir.Schedule(kernel.compute)
-    topi_sparse.apply_default_schedule(default, "x86", kernel.knobs)
-    space = topi_sparse.pattern_conv2d_design_spaces(s_tir.Schedule(kernel.compute), "x86")[0]
+    topi_sparse.apply_default_schedule(default, "cpu", kernel.knobs)
+    space = topi_sparse.pattern_conv2d_design_spaces(s_tir.Schedule(kernel.compute), "cpu")[0]
     kinds = lambda sch: [inst.kind.name for inst in sch.trace.insts]  # noqa: E731
     assert kinds(default) == kinds(space)
     assert [kernel.knobs.tile_w] == [d[-1] for d in _decisions(default)][:1]
@@ -80,10 +80,10 @@ def test_every_point_of_the_space_reports_the_knobs_that_rebuild_it():
     assert topi_sparse.scheduled_knobs(kernel.func) == kernel.knobs
     seen = set()
     for seed in (1, 2, 3):
-        for space in topi_sparse.pattern_conv2d_design_spaces(s_tir.Schedule(kernel.compute, seed=seed), "x86"):
+        for space in topi_sparse.pattern_conv2d_design_spaces(s_tir.Schedule(kernel.compute, seed=seed), "cpu"):
             knobs = topi_sparse.scheduled_knobs(space.mod["main"])
             seen.add((knobs.order, knobs.vectorize_store, knobs.unroll_store))
-            rebuilt = topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", knobs)
+            rebuilt = topi_sparse.schedule_pattern_conv2d(kernel.compute, "cpu", knobs)
             tvm.ir.assert_structural_equal(rebuilt.without_attr("tirx.is_scheduled"), space.mod["main"])
     assert len(seen) == 8 and {order for order, _, _ in seen} == set(topi_sparse.SEARCHED_LOOP_ORDERS)
 
@@ -101,7 +101,7 @@ def test_fixed_knobs_match_torch(tile_h, order, store, unroll_store, unroll_entr
         unroll_entries = 1
     knobs = PatternConvKnobs(lanes=8, tile_w=7, tile_h=tile_h, order=order, vectorize_store=store,
                              unroll_store=unroll_store, unroll_entries=unroll_entries)
-    func = topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", knobs)
+    func = topi_sparse.schedule_pattern_conv2d(kernel.compute, "cpu", knobs)
     ref = torch_reference(x, w, None, stride=1, padding=1, clip=(0.0, None))
     assert_close(_run(func, kernel, x), ref)
 
@@ -115,7 +115,7 @@ def test_row_tiles_that_overshoot_the_output_rows_match_torch(tile_h, order):
     kernel = _kernel(x, w, 1, 1, 16)
     assert kernel.shape.acc_rows(kernel.knobs.tile_w) == 8
     knobs = PatternConvKnobs(lanes=16, tile_w=7, tile_h=tile_h, order=order)
-    func = topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", knobs)
+    func = topi_sparse.schedule_pattern_conv2d(kernel.compute, "cpu", knobs)
     ref = torch_reference(x, w, None, stride=1, padding=1, clip=(0.0, None))
     assert_close(_run(func, kernel, x), ref)
 
@@ -131,7 +131,7 @@ def test_padded_copy_is_split_the_way_the_conv_splits_its_rows(order, width, spl
     w = make_weight(rng, 16, 6, 3, 3, 8, "aligned", 0.5)
     kernel = _kernel(x, w, 1, 1, 8)
     knobs = PatternConvKnobs(lanes=8, tile_w=kernel.knobs.tile_w, order=order)
-    func = topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", knobs)
+    func = topi_sparse.schedule_pattern_conv2d(kernel.compute, "cpu", knobs)
     padded_rows = kernel.shape.padded_height(kernel.knobs.tile_w)
     sch = s_tir.Schedule(func)
     extent = int(sch.get(sch.get_loops(sch.get_sblock("pad"))[0]).extent)
@@ -148,7 +148,7 @@ def test_kernel_reading_its_input_directly_keeps_exact_rows():
     assert kernel.shape.reads_input_directly(kernel.knobs.tile_w)
     assert kernel.shape.acc_rows(kernel.knobs.tile_w) == 7
     with pytest.raises(ValueError, match="must divide"):
-        topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", PatternConvKnobs(lanes=16, tile_w=7, tile_h=4))
+        topi_sparse.schedule_pattern_conv2d(kernel.compute, "cpu", PatternConvKnobs(lanes=16, tile_w=7, tile_h=4))
 
 
 def test_tile_that_does_not_divide_the_padded_width_is_refused():
@@ -156,9 +156,9 @@ def test_tile_that_does_not_divide_the_padded_width_is_refused():
     x = rng.standard_normal((1, 4, 8, 14)).astype(np.float32)
     kernel = _kernel(x, make_weight(rng, 8, 4, 3, 3, 8, "aligned", 0.5), 1, 1, 8)
     with pytest.raises(ValueError, match="must divide"):
-        topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86", PatternConvKnobs(lanes=8, tile_w=5))
+        topi_sparse.schedule_pattern_conv2d(kernel.compute, "cpu", PatternConvKnobs(lanes=8, tile_w=5))
     with pytest.raises(ValueError, match="order"):
         PatternConvKnobs(lanes=8, tile_w=2, order="diagonal")
     with pytest.raises(ValueError, match="unroll_entries"):
-        topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86",
+        topi_sparse.schedule_pattern_conv2d(kernel.compute, "cpu",
                                             PatternConvKnobs(lanes=8, tile_w=7, unroll_entries=kernel.shape.entries + 1))

@@ -97,7 +97,7 @@ def _built(c, o, size, stride, keep):
     w = rng.standard_normal((o, c, 3, 3)).astype(np.float32) * aligned_mask(rng, o, c, 16, keep=keep)
     packed = pack_pattern_weights(w, 16)
     return build_pattern_conv2d((1, c, size, size), w.shape, packed.row_ptr, *packed.row_channels_and_taps(),
-                                packed.values, stride=stride, padding=(1, 1, 1, 1), family="x86")
+                                packed.values, stride=stride, padding=(1, 1, 1, 1), family="cpu")
 
 
 def test_default_knobs_pick_the_order_from_the_layer_and_match_the_declared_default():
@@ -106,8 +106,8 @@ def test_default_knobs_pick_the_order_from_the_layer_and_match_the_declared_defa
     assert big.knobs.order == "row" and small.knobs.order == "group"
     for kernel in (big, small):
         # the knobs build_pattern_conv2d used are those the Relax pipeline gives the compute
-        assert topi_sparse.default_schedule_trace(tvm.IRModule({"main": kernel.compute}), "x86") is not None
-        assert topi_sparse.schedule_pattern_conv2d(kernel.compute, "x86").script() == kernel.func.script()
+        assert topi_sparse.default_schedule_trace(tvm.IRModule({"main": kernel.compute}), "cpu") is not None
+        assert topi_sparse.schedule_pattern_conv2d(kernel.compute, "cpu").script() == kernel.func.script()
 
 
 def test_direct_read_1x1_kernels_measure_their_input_itself():
@@ -118,7 +118,7 @@ def test_direct_read_1x1_kernels_measure_their_input_itself():
         w = rng.standard_normal((64, c, 1, 1)).astype(np.float32) * aligned_mask(rng, 64, c, 16, kernel=(1, 1), keep=0.5)
         packed = pack_pattern_weights(w, 16)
         return build_pattern_conv2d((1, c, size, size), w.shape, packed.row_ptr, *packed.row_channels_and_taps(),
-                                    packed.values, stride=1, padding=(0, 0, 0, 0), family="x86")
+                                    packed.values, stride=1, padding=(0, 0, 0, 0), family="cpu")
 
     big, small = built(256, 56), built(256, 14)   # 3.2 MB and 200 KB inputs, 4 groups
     assert big.shape.reads_input_directly(big.knobs.tile_w)

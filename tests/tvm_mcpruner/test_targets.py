@@ -26,7 +26,7 @@ def _runs_here(name: str) -> bool:
 def test_x86_presets_vectorize_by_their_width(name, width, register):
     preset = mcp.get_preset(name)
     assert name in mcp.targets.preset_names()
-    assert (preset.family, preset.vector_width) == ("x86", width)
+    assert (preset.family, preset.vector_width) == ("cpu", width)
     assert preset_for_tvm_target(preset.tvm_target()) is preset  # tvm.compile users land on it too
     rng = np.random.default_rng(0)
     w = rng.standard_normal((2 * width, 8, 3, 3)).astype(np.float32)
@@ -92,3 +92,15 @@ def test_a_host_cpu_this_machine_cannot_run_or_llvm_does_not_know_is_refused(hos
     host_cpu("znver4")
     with pytest.raises(ValueError, match="needs 16-lane vectors, but this CPU has 8"):
         mcp.get_preset("host")
+
+
+@pytest.mark.parametrize("name, says", [("hikey970-cpu", "built for aarch64-linux-gnu"),
+                                        ("hikey970-mali", "no opencl device")])
+def test_a_model_built_for_code_this_process_cannot_run_says_how_to_run_it(name, says):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 8, 6, 6)
+    compiled = mcp.compile(mcp.from_torch(model, (x,)), target=name, tuning_log=None)
+    assert compiled.device is None and says in compiled.cannot_run_here
+    with pytest.raises(RuntimeError, match="export_library"):
+        compiled(x.numpy())

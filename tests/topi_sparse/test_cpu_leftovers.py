@@ -8,7 +8,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import dlight
 
-from relay_passes.cpu_fallback import ParallelVectorizeLeftovers
+from topi_sparse.cpu_leftovers import ParallelVectorizeLeftovers
 from tvm_mcpruner.targets import get_preset
 
 TARGET = get_preset("host").tvm_target()
