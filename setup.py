@@ -25,7 +25,7 @@ setup(
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["tvm_mcpruner", "tvm_mcpruner.pruning", "relay_passes", "topi_sparse"],
+    packages=["tvm_mcpruner", "tvm_mcpruner.pruning", "tvm_mcpruner.tuning_log", "relay_passes", "topi_sparse"],
     install_requires=install_requires,
     extras_require={"test": tests_require},
     entry_points={"console_scripts": ["mcpruner = tvm_mcpruner.cli:main"]},

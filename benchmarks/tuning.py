@@ -17,7 +17,7 @@ Times from the tuner are its own measurements (LocalRunner, real packed operands
 default-vs-tuned speedups come from the side-by-side timing, not from the tuner. The
 tuned build applies what ``mcp.compile`` picks from the log (median of each schedule's
 runs after ``mcp.tune``'s confirmation rounds; the default unless beaten by
-``relay_passes.CHOICE_MARGIN``); a row says when that is the default itself.
+``tvm_mcpruner.tuning_log.CHOICE_MARGIN``); a row says when that is the default itself.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import tvm  # noqa: E402
 
 import tvm_mcpruner as mcp  # noqa: E402
 from tvm_mcpruner.pruning import bake  # noqa: E402
-from relay_passes import CHOICE_MARGIN  # noqa: E402
+from tvm_mcpruner.tuning_log import CHOICE_MARGIN  # noqa: E402
 from tvm_mcpruner.tuning import CONFIRM_CANDIDATES, CONFIRM_ROUNDS, tune  # noqa: E402
 from tvm_mcpruner.tuning_log import RECORD_FILE  # noqa: E402
 

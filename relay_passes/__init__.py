@@ -2,32 +2,20 @@
 
 ``RewriteSparseConv2d`` finds conv2d ops with constant pruned weights and rewrites them
 into calls of ``topi_sparse`` kernels; ``ApplyTuningDatabase`` and
-``ScheduleSparseKernels`` give those kernels a tuned or the default schedule
-(``rank_tuned_records`` says which logged schedule wins; ``RankedTuningView`` is a log
-seen through it); importing this package registers the
-``"mcpruner"`` Relax pipeline (``tvm.relax.get_pipeline("mcpruner")``).
+``ScheduleSparseKernels`` give those kernels a tuned or the default schedule;
+``FoldConvBatchNorm`` folds inference BatchNorm into the conv before it. Importing this
+package registers the ``"mcpruner"`` Relax pipeline (``tvm.relax.get_pipeline("mcpruner")``).
 """
 
 from .pipeline import mcpruner_pipeline, to_tir_stage
 from .rewrite_sparse_conv2d import RewriteSparseConv2d, SparseLayerRecord
-from .schedule_kernels import (
-    CHOICE_MARGIN,
-    CONFIRMED_RUNS,
-    ApplyTuningDatabase,
-    RankedTuningView,
-    ScheduleSparseKernels,
-    rank_tuned_records,
-)
+from .schedule_kernels import ApplyTuningDatabase, ScheduleSparseKernels
 
 __all__ = [
-    "CHOICE_MARGIN",
-    "CONFIRMED_RUNS",
     "ApplyTuningDatabase",
-    "RankedTuningView",
     "RewriteSparseConv2d",
     "ScheduleSparseKernels",
     "SparseLayerRecord",
     "mcpruner_pipeline",
-    "rank_tuned_records",
     "to_tir_stage",
 ]

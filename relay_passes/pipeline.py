@@ -32,9 +32,9 @@ def mcpruner_pipeline(
 
     ``target`` picks the preset (vector width, schedule family); when None it is read
     from the Target that ``tvm.compile`` enters. Pass ``rewrite`` to read its
-    ``records`` afterwards. ``database`` (a MetaSchedule database, or an
-    :class:`ApplyTuningDatabase` to read ``applied`` from) supplies tuned schedules;
-    kernels it has no record for get their default schedule.
+    ``records`` afterwards. ``database`` (a MetaSchedule database, applied as it orders
+    its records, or an :class:`ApplyTuningDatabase` to read ``applied`` from) supplies
+    tuned schedules; kernels it has no record for get their default schedule.
     """
 
     @tvm.transform.module_pass(opt_level=0, name="mcpruner_pipeline")

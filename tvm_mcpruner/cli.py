@@ -317,7 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_source_args(tu)
     tu.add_argument("--trials", type=int, default=200,
                     help="distinct schedules to measure (counting what the log holds)")
-    from relay_passes import CHOICE_MARGIN
+    from tvm_mcpruner.tuning_log import CHOICE_MARGIN
 
     from .tuning import CONFIRM_CANDIDATES, CONFIRM_ROUNDS
 

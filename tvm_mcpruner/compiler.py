@@ -15,7 +15,8 @@ from relay_passes import ApplyTuningDatabase, RewriteSparseConv2d, SparseLayerRe
 
 from .sparse_format import MIN_MAC_REDUCTION
 from .targets import TargetPreset, get_preset, usable_cpu_ids
-from .tuning_log import LogProvenance, find_tuning_log, log_provenance, open_tuning_log, target_signature
+from .tuning_log import (LogProvenance, RankedTuningView, find_tuning_log, log_provenance, open_tuning_log,
+                         target_signature)
 
 __all__ = ["CompiledModel", "SparseLayerRecord", "compile", "set_tvm_threads"]
 
@@ -173,7 +174,9 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     no_log_reason = "not applied (tuning_log=None): default schedules" if tuning_log is None else (
         f"none under autotune_logs/ was measured for {_describe_target(tvm_target)}: default schedules "
         "(mcp.tune / mcpruner tune measures one)")
-    apply_log = ApplyTuningDatabase(open_tuning_log(log_dir, tvm_target), preset.family) if log_dir else None
+    # the log seen through the choice policy: a tuned schedule must beat the default's median
+    apply_log = ApplyTuningDatabase(RankedTuningView(open_tuning_log(log_dir, tvm_target), preset.family),
+                                    preset.family) if log_dir else None
     provenance = log_provenance(log_dir) if log_dir else None  # validated just above: not parsed again
     if provenance is not None and provenance.status == "emulated":
         logger.warning("tuning log %s: %s; applied because it was asked for by path", log_dir,

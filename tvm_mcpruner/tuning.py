@@ -20,7 +20,7 @@ trial budget counts what the log already holds for the model's tasks). Each spar
 default schedule is measured and logged first, and after the search the few fastest
 schedules and the default are measured again, taking turns; ``mcp.compile`` applies the
 schedule with the best median and keeps the default unless another beats it by
-``relay_passes.CHOICE_MARGIN``, so a lucky run on a busy machine does not make a kernel
+``tuning_log.CHOICE_MARGIN``, so a lucky run on a busy machine does not make a kernel
 slower than its default. Before it measures anything, a run appends a line to
 the log's ``provenance.jsonl`` saying who measures (runner, tracker and key, emulated or
 not, this host's CPU, TVM version, date, budget); ``mcp.compile`` does not pick a log
@@ -47,10 +47,11 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 import topi_sparse
-from relay_passes import CONFIRMED_RUNS, RankedTuningView, RewriteSparseConv2d, rank_tuned_records, to_tir_stage
+from relay_passes import RewriteSparseConv2d, to_tir_stage
 
 from .targets import TargetPreset, get_preset, system_cpu_name, usable_cpus
-from .tuning_log import RECORD_FILE, append_provenance, default_log_dir, open_tuning_log, target_signature
+from .tuning_log import (CONFIRMED_RUNS, RECORD_FILE, RankedTuningView, append_provenance, default_log_dir,
+                         open_tuning_log, rank_tuned_records, target_signature)
 
 __all__ = ["TaskResult", "TuningReport", "tune"]
 
@@ -69,7 +70,7 @@ class TaskResult:
 
     ``trials``: distinct schedules measured (the log may hold more runs of them);
     ``best_ms``: median time of the schedule ``mcp.compile`` applies
-    (``relay_passes.rank_tuned_records``); ``default_ms``: median of the default's runs;
+    (``tuning_log.rank_tuned_records``); ``default_ms``: median of the default's runs;
     ``kept_default``: whether that schedule is our kernel's default (None: not our kernel).
     """
 

@@ -1,4 +1,4 @@
-"""Tuning logs: MetaSchedule JSON databases under ``autotune_logs/<device>/``.
+"""Tuning log folders: MetaSchedule JSON databases under ``autotune_logs/<device>/``.
 
 A log is a folder with TVM's two files, ``database_workload.json`` (one line per tuned
 PrimFunc) and ``database_tuning_record.json`` (one line per measured schedule), so plain
@@ -52,7 +52,7 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 PROVENANCE_FILE = "provenance.jsonl"
 RUNNERS = ("local", "rpc")
-REPO_LOG_ROOT = Path(__file__).resolve().parents[1] / "autotune_logs"
+REPO_LOG_ROOT = Path(__file__).resolve().parents[2] / "autotune_logs"
 # What makes two targets the same machine for a schedule (tags and keys do not).
 _SIGNATURE_KEYS = ("kind", "mtriple", "mcpu", "mattr", "num-cores", "device", "arch")
 
