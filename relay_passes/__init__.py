@@ -7,15 +7,19 @@ into calls of ``topi_sparse`` kernels; ``ApplyTuningDatabase`` and
 package registers the ``"mcpruner"`` Relax pipeline (``tvm.relax.get_pipeline("mcpruner")``).
 """
 
+from .fold_batch_norm import FoldConstLayout, FoldConvBatchNorm, fold_batch_norm
 from .pipeline import mcpruner_pipeline, to_tir_stage
 from .rewrite_sparse_conv2d import RewriteSparseConv2d, SparseLayerRecord
 from .schedule_kernels import ApplyTuningDatabase, ScheduleSparseKernels
 
 __all__ = [
     "ApplyTuningDatabase",
+    "FoldConstLayout",
+    "FoldConvBatchNorm",
     "RewriteSparseConv2d",
     "ScheduleSparseKernels",
     "SparseLayerRecord",
+    "fold_batch_norm",
     "mcpruner_pipeline",
     "to_tir_stage",
 ]
