@@ -123,7 +123,7 @@ def side_by_side(mod, x, ref, log_dir: Path, threads: int, repeats: int) -> dict
         runners[name] = lambda main=main: main(arg)
     runners["default_again"] = runners["default"]
     # The FMA probe in the same rounds: it reads about half when the VM's two vCPUs share
-    # one core, a state in which schedules rank differently (tuning_s8_3x3.md).
+    # one core, a state in which schedules rank differently (tuning_3x3_znver5_2026-11-24T1102.md).
     runners[C.PEAK_PROBE], probe_flops = C.fma_peak_probe(threads)
     times = C.time_interleaved(runners, repeats=repeats)
     probe = [probe_flops / (t * 1e-3) / 1e9 for t in times.pop(C.PEAK_PROBE)]

@@ -78,7 +78,7 @@ class FoldConstLayout:
 
     Importers wrap every conv bias in a reshape (ONNX) and every Linear weight in a
     transpose (torch); FoldConstant would build and run one TIR kernel per such op
-    (~30 ms each, 1.7 s for MobileNetV2's biases) for what is a layout change.
+    for what is a layout change.
     """
 
     def __init__(self) -> None:

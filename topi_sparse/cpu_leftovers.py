@@ -2,7 +2,7 @@
 
 TVM 0.27's CPU pipeline lowers unscheduled PrimFuncs as plain loops: one thread, no
 vectors. Once the convs run our kernels, those leftovers (a ResNet-50's residual
-add + ReLU, max/avg pooling, reshapes) took 40% of the whole model's time here. This
+add + ReLU, max/avg pooling, reshapes) would take a large share of the model's time. This
 dlight rule gives every such PrimFunc a parallel outer loop and, for element-wise
 blocks, a vectorized inner loop; functions already scheduled (our kernels, or records
 applied from a tuning database) are left alone by ``ApplyDefaultSchedule``.

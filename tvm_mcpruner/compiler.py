@@ -132,10 +132,10 @@ def _device_for(target: tvm.target.Target) -> tuple[Any, str | None]:
 def set_tvm_threads(threads: int) -> None:
     """Size TVM's CPU thread pool to ``threads`` workers sharing this process's CPUs.
 
-    TVM's default pool on x86 is half the logical CPUs (one thread on a 2-core VM), and
-    its "big cores" mode (1) pins the caller and its workers so that, measured here,
-    two workers still ran at one core's speed. Mode -3 (kSpecifyThreadShareAllCore)
-    lets every worker run on any CPU the process may use: the OS spreads them.
+    TVM's default pool on x86 is half the logical CPUs, and its "big cores" mode (1) pins
+    the caller and its workers to cores, which on a VM can put two workers on one core.
+    Mode -3 (kSpecifyThreadShareAllCore) lets every worker run on any CPU the process may
+    use: the OS spreads them.
     """
     cpus = usable_cpu_ids()
     tvm.get_global_func("runtime.config_threadpool")(-3, threads, [str(c) for c in cpus])

@@ -1,6 +1,7 @@
 """CNN definitions used by the demo, the tests and the benchmarks (torch only).
 
-torchvision does not import beside the pinned torch (see TVM_NOTES.md), so the three
+torchvision from PyPI does not import beside the pinned torch (its ``torchvision::nms``
+operator is missing), so the three
 families the MCPruner / PatDNN papers evaluate -- VGG, ResNet, MobileNetV2 -- are
 defined here with plain ``Conv2d`` / ``BatchNorm2d`` / ``ReLU`` / ``Linear`` / pooling
 layers only.  Keeping to standard layers matters: the pruner walks ``nn.Conv2d`` modules

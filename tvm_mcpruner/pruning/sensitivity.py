@@ -32,8 +32,8 @@ __all__ = ["KEEP_LEVELS", "allocate_keeps", "issued_macs_per_pixel", "lowest_kee
 
 # Kept shares of input channels a layer may get. 1/8 is the floor: single-layer
 # sensitivities do not see how cuts compound, and with less a narrow layer keeps two to
-# four channels -- measured on Fashion-MNIST, allocations down to 1/16 lost far more
-# accuracy than the MACs they saved elsewhere were worth.
+# four channels, which costs more accuracy than the MACs saved elsewhere are worth
+# (benchmarks/results/accuracy.md).
 KEEP_LEVELS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.4375, 0.375, 0.3125, 0.25, 0.1875, 0.125)
 
 

@@ -74,8 +74,8 @@ class TrainConfig:
     # whole pruning schedule replays finished phases from their files in seconds.
     checkpoint_dir: Path | str | None = None
     # Train in torch's channels_last memory format (model, teacher and batches; the model
-    # is handed back contiguous). Same fp32 arithmetic, faster oneDNN convolutions on CPU:
-    # 1.36x per resnet18_small training step on 2 threads of a Zen 4 host (session 10).
+    # is handed back contiguous): the same fp32 arithmetic, and oneDNN's convolutions on
+    # CPU run faster in it (docs/design.md, "Training").
     channels_last: bool = False
 
 
