@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import tvm
 from torch import nn
 from tvm import relax
+from tvm.script import tirx as T
 
 import topi_sparse
 import tvm_mcpruner as mcp
@@ -493,3 +494,64 @@ def test_aligned_structure_in_shuffled_filter_order_is_regrouped():
     assert len(_calls_of(after, "relax.take")) == 1, "outputs put back in the model's filter order"
     x = _input(IN_SHAPE)
     assert_close(_run(after, x), _torch_conv(x, shuffled, bias=bias, act="relu"))
+
+
+# --------------------------------------------------------------------------- Expected written out by hand
+
+
+@T.prim_func(private=True, s_tir=True)
+def _expected_kernel(data: T.Buffer((1, 2, 4, 4), "float32"), values: T.Buffer((1, 4, 4), "float32"),
+                     offsets: T.Buffer((1, 4), "int32"), out: T.Buffer((1, 4, 4, 4), "float32")):
+    # 2 channels of 4x4 zero-padded to 6x6 and flattened; each entry's input row starts at
+    # offsets[g, e]; 4 filters (one group) accumulate along the lanes; ReLU on the way out.
+    T.func_attr({"mcpruner.kernel": "pattern_conv2d", "mcpruner.lanes": 4, "mcpruner.padded_width": 6,
+                 "mcpruner.tile_w": 4, "op_pattern": 8, "tirx.noalias": True})
+    pad = T.sblock_alloc_buffer((1, 72))
+    acc = T.sblock_alloc_buffer((1, 1, 4, 4, 4))
+    for n, i in T.grid(1, 72):
+        with T.sblock("pad"):
+            v_n, v_i = T.axis.remap("SS", [n, i])
+            T.reads(data[v_n, v_i // 36, v_i % 36 // 6 - 1, v_i % 6 - 1])
+            T.writes(pad[v_n, v_i])
+            pad[v_n, v_i] = T.if_then_else(6 <= v_i % 36 and v_i % 36 < 30 and 1 <= v_i % 6 and v_i % 6 < 5,
+                                           data[v_n, v_i // 36, v_i % 36 // 6 - 1, v_i % 6 - 1], T.float32(0.0))
+    for n, g, oh, ow, v, e in T.grid(1, 1, 4, 4, 4, 4):
+        with T.sblock("acc"):
+            v_n, v_g, v_oh, v_ow, v_v, v_e = T.axis.remap("SSSSSR", [n, g, oh, ow, v, e])
+            T.reads(values[v_g, v_e, v_v], pad[v_n, v_oh * 6 + offsets[v_g, v_e] + v_ow], offsets[v_g, v_e])
+            T.writes(acc[v_n, v_g, v_oh, v_ow, v_v])
+            with T.init():
+                acc[v_n, v_g, v_oh, v_ow, v_v] = T.float32(0.0)
+            acc[v_n, v_g, v_oh, v_ow, v_v] = (acc[v_n, v_g, v_oh, v_ow, v_v]
+                                              + values[v_g, v_e, v_v] * pad[v_n, v_oh * 6 + offsets[v_g, v_e] + v_ow])
+    for n, o, oh, ow in T.grid(1, 4, 4, 4):
+        with T.sblock("out"):
+            v_n, v_o, v_oh, v_ow = T.axis.remap("SSSS", [n, o, oh, ow])
+            T.reads(acc[v_n, v_o // 4, v_oh, v_ow, v_o % 4])
+            T.writes(out[v_n, v_o, v_oh, v_ow])
+            out[v_n, v_o, v_oh, v_ow] = T.max(acc[v_n, v_o // 4, v_oh, v_ow, v_o % 4], T.float32(0.0))
+
+
+def test_one_pattern_kernel_matches_a_module_written_by_hand():
+    """4 filters (one NEON group), 2 channels; only channel 1 kept, with the 4 taps
+    (0,1) (1,1) (1,2) (2,1): one entry per tap, offsets (1 * 6 + ky) * 6 + kx."""
+    weight = np.zeros((4, 2, 3, 3), np.float32)
+    taps = [(0, 1), (1, 1), (1, 2), (2, 1)]
+    for i, (ky, kx) in enumerate(taps):
+        weight[:, 1, ky, kx] = np.arange(1, 5) + 4 * i
+    before = _module((1, 2, 4, 4), lambda bb, x: relax.op.nn.relu(
+        bb.emit(relax.op.nn.conv2d(x, relax.const(weight), padding=1))))
+    after, records = _rewrite(before, "hikey970-cpu")
+    assert [r.sparse for r in records] == [True]
+
+    values = np.stack([weight[:, 1, ky, kx] for ky, kx in taps])[None]  # [G=1, E=4, V=4]
+    offsets = np.array([[(1 * 6 + ky) * 6 + kx for ky, kx in taps]], np.int32)
+    bb = relax.BlockBuilder()
+    gvar = bb.add_func(_expected_kernel, "pattern_conv2d")
+    x = relax.Var("x", relax.TensorType((1, 2, 4, 4), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.call_tir(gvar, [x, relax.const(values), relax.const(offsets)],
+                                                relax.TensorType((1, 4, 4, 4), "float32")))
+        bb.emit_func_output(out)
+    tvm.ir.assert_structural_equal(after, bb.get())
