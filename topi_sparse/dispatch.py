@@ -179,8 +179,34 @@ def build_pattern_conv2d(
 ) -> PatternConvKernel:
     """Knobs, operands and scheduled PrimFunc of one pattern-sparse conv layer.
 
-    The rows (``row_ptr [G+1]``, ``row_channel``/``row_tap [R]``, ``row_values [R, V]``)
-    are a packed weight's, in the sparse format's read order.
+    Parameters
+    ----------
+    data_shape : tuple of int
+        ``[N, C, H, W]`` of the input.
+    weight_shape : tuple of int
+        ``[O, C, KH, KW]`` of the dense weight the rows were packed from.
+    row_ptr, row_channel, row_tap, row_values : numpy.ndarray
+        A packed weight's rows in the sparse format's read order: ``row_ptr [G+1]``,
+        ``row_channel`` / ``row_tap [R]``, ``row_values [R, V]``
+        (``PatternSparseWeight.row_channels_and_taps()``).
+    stride : int
+        The same stride along H and W.
+    padding : tuple of int
+        ``(top, left, bottom, right)``.
+    family : str
+        The target family that schedules it (:func:`family_of`).
+    with_bias : bool
+        Whether the kernel takes a bias ``[O]`` operand.
+    clip : tuple of (float or None), optional
+        ``(min, max)`` fused into the write-out (ReLU: ``(0, None)``, ReLU6: ``(0, 6)``).
+    knobs : the family's Knobs, optional
+        Fixed knobs; default: the compute's declared knobs.
+
+    Returns
+    -------
+    kernel : PatternConvKernel
+        The scheduled function, its unscheduled compute, the knobs and the constant
+        operands (``values``, ``offsets``) it reads.
     """
     module = family_module(family)
     n, c, h, w = data_shape

@@ -153,17 +153,30 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
 ) -> CompiledModel:
     """Rewrite pruned convs into sparse kernels and build ``mod`` for a target preset.
 
-    ``mod`` is a Relax IRModule whose conv weights are bound constants (``from_torch`` /
-    ``from_onnx``). ``threads`` sizes TVM's thread pool when the model first runs
-    (default: the preset's cores). Convs whose weights carry no aligned sparsity still run our kernel
-    as a direct dense conv; convs it cannot run stay TVM's; see ``sparse_layers``.
+    Convs whose weights carry no aligned sparsity still run our kernel as a direct dense
+    conv; convs it cannot run stay TVM's (``CompiledModel.sparse_layers`` says which).
 
-    ``tuning_log``: "auto" applies the log under ``autotune_logs/`` whose records were
-    measured for this target (see ``mcp.tune``), if there is one and its provenance does
-    not say emulated (qemu); a folder applies that log (an error if it is malformed or for
-    another target; a warning if its timings are emulated); None uses the default
-    schedules. The log used and its provenance are logged and kept in
-    ``CompiledModel.tuning_log`` / ``tuning_log_provenance``.
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        A Relax module whose conv weights are bound constants (``from_torch`` / ``from_onnx``).
+    target : str or TargetPreset
+        The preset (``tvm_mcpruner.targets.preset_names()``).
+    min_mac_reduction : float
+        A conv runs as sparse only when its packed weight issues this many times fewer MACs.
+    threads : int, optional
+        TVM's thread pool size when the model first runs (default: the preset's cores).
+    tuning_log : "auto", path or None
+        "auto" applies the log under ``autotune_logs/`` measured for this target (see
+        ``mcp.tune``), if there is one and its provenance does not say emulated (qemu); a
+        folder applies that log (an error if it is malformed or for another target, a
+        warning if its timings are emulated); None uses the default schedules.
+
+    Returns
+    -------
+    compiled : CompiledModel
+        Call it with numpy arrays or torch tensors; ``summary()`` says which layers run
+        sparse and which tuning log (if any) was applied.
     """
     if not isinstance(mod, tvm.IRModule) or "main" not in [g.name_hint for g in mod.get_global_vars()]:
         raise TypeError("mcp.compile expects a Relax IRModule with a 'main' function "

@@ -57,9 +57,19 @@ def _as_tuple(example_inputs: Any) -> tuple:
 def from_torch(model: nn.Module, example_inputs: tuple) -> IRModule:
     """Import a torch model through ``torch.export`` into Relax, BN folded into conv weights.
 
-    The returned module's ``main`` takes one tensor (named after ``forward``'s argument)
-    and returns one tensor; all parameters are ``Constant``s, no ``relax.nn.batch_norm``
-    is left, and constant subexpressions are folded.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The (pruned) model; pruning reparametrizations are baked on a copy first.
+    example_inputs : tuple of torch.Tensor
+        Inputs of the shapes the module is built for (shapes are static).
+
+    Returns
+    -------
+    mod : tvm.IRModule
+        ``main`` takes one tensor (named after ``forward``'s argument) and returns one;
+        every parameter is a constant, no ``relax.nn.batch_norm`` is left, and constant
+        subexpressions are folded.
     """
     from tvm.relax.frontend.torch import from_exported_program
 
@@ -111,12 +121,25 @@ def from_onnx(
     path_or_model: str | Path | Any,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> IRModule:
-    """Import an ONNX model (path or ``onnx.ModelProto``) into Relax, weights as constants.
+    """Import an ONNX model into Relax, weights as constants.
 
-    ``input_shapes`` pins graph inputs' shapes; it is required when the model declares
-    dynamic (symbolic or unknown) input dims, because the sparse kernels are generated
-    for static shapes.  Raises ``ValueError`` for a missing file, an invalid model, or
-    dynamic inputs without ``input_shapes``.
+    Parameters
+    ----------
+    path_or_model : str, pathlib.Path or onnx.ModelProto
+        The model file, or the model.
+    input_shapes : dict of str to list of int, optional
+        Shapes of the graph inputs; required when the model declares dynamic (symbolic or
+        unknown) input dims, because the sparse kernels are generated for static shapes.
+
+    Returns
+    -------
+    mod : tvm.IRModule
+        As :func:`from_torch` returns it.
+
+    Raises
+    ------
+    ValueError
+        For a missing file, an invalid model, or dynamic inputs without ``input_shapes``.
     """
     model = _load_onnx(path_or_model)
     shapes = _resolve_input_shapes(model, input_shapes)

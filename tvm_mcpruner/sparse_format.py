@@ -135,13 +135,25 @@ class PatternSparseWeight:
 
 
 def pack_pattern_weights(weight: np.ndarray, lanes: int, reorder: bool = False) -> PatternSparseWeight:
-    """Pack a dense ``[O, C, KH, KW]`` weight into groups of ``lanes`` filters.
+    """Pack a dense conv weight into groups of ``lanes`` filters.
 
     Any weight packs (the union structure of each group is stored); whether packing
     paid off is read from :attr:`PatternSparseWeight.fill` and ``mac_reduction``.
-    ``reorder``: when the weight in its own filter order packs with wasted lanes, also
-    try groups of similar filters (:func:`group_similar_filters`) and keep that packing
-    if it issues at least ``REORDER_MIN_GAIN`` fewer MACs.
+
+    Parameters
+    ----------
+    weight : numpy.ndarray
+        ``[O, C, KH, KW]``.
+    lanes : int
+        Filters per group: the target's fp32 vector width.
+    reorder : bool
+        When the weight in its own filter order packs with wasted lanes, also try groups
+        of similar filters (:func:`group_similar_filters`) and keep that packing if it
+        issues at least ``REORDER_MIN_GAIN`` fewer MACs.
+
+    Returns
+    -------
+    packed : PatternSparseWeight
     """
     weight = np.asarray(weight)
     if weight.ndim != 4:
