@@ -84,42 +84,71 @@ def prune(
 ) -> tuple[nn.Module, PruneReport]:
     """Pattern- and connectivity-prune every eligible conv, aligned to the target's vector width.
 
-    Eligible: ``nn.Conv2d`` with ``groups == 1``, ``in_channels >= min_in_channels`` and
-    a 3x3 kernel (pattern + connectivity pruning) or a 1x1 kernel (connectivity pruning:
-    whole input channels per filter group; ``keep_pointwise`` sets their kept share,
-    default ``keep_kernels``, 1 leaves them dense). The rest stay dense and are listed
-    in the report with the reason. ``nn.Linear`` layers get connectivity pruning (kept
-    input features per group of V output features) only when ``keep_linear`` is given;
-    by default classifiers stay as they are and are not listed. One pattern library of ``num_patterns``
-    ``pattern_k``-tap patterns is chosen for the whole model from its 3x3 layers (see
-    :mod:`.patterns`); each group of V consecutive filters (V = preset vector width)
-    shares kept channels and patterns, and keeps ``max(1, round(keep * C))`` input
-    channels (see :mod:`.masks`).
+    Eligible: ``nn.Conv2d`` with ``groups == 1``, ``in_channels >= min_in_channels`` and a
+    3x3 kernel (pattern + connectivity pruning) or a 1x1 kernel (connectivity pruning:
+    whole input channels per filter group). The rest stay dense and are listed in the
+    report with the reason. One library of ``num_patterns`` ``pattern_k``-tap patterns is
+    chosen for the whole model from its 3x3 layers (:mod:`.patterns`); each group of V
+    consecutive filters (V = the preset's vector width) shares kept channels and patterns
+    and keeps ``max(1, round(keep * C))`` input channels (:mod:`.masks`). Masks stay
+    applied as ``torch.nn.utils.prune`` reparametrizations (fine-tune freely;
+    :func:`~.masks.bake` before export).
 
-    Accuracy-keeping options (see :mod:`.schedules`):
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; deep-copied first unless ``inplace``.
+    target : str or TargetPreset
+        The preset whose vector width the groups align to.
+    pattern_k : int
+        Taps kept of each kept 3x3 kernel (1..9).
+    keep_kernels : float
+        Kept share of each group's input channels in 3x3 layers, in (0, 1].
+    num_patterns : int
+        Size of the pattern library.
+    inplace : bool
+        Prune ``model`` itself.
+    min_in_channels : int
+        Layers with fewer input channels (the stem) stay dense.
+    keep_pointwise : float, optional
+        Kept share for 1x1 convs (default ``keep_kernels``; 1 leaves them dense).
+    keep_linear : float, optional
+        When given, ``nn.Linear`` layers get connectivity pruning at this share (kept
+        input features per group of V outputs); by default they are untouched and unlisted.
+    example_input : torch.Tensor or sequence of torch.Tensor, optional
+        Makes the report count MACs per image instead of per output pixel (default: a
+        slice of ``data``'s first batch).
+    data : iterable of (images, labels), optional
+        Training batches (a ``DataLoader`` or :meth:`tvm_mcpruner.data.ImageData.loader`)
+        for fine-tuning and sensitivities; with it the BatchNorm running statistics are
+        re-estimated at the end (even with ``epochs=0``): stale statistics, not the lost
+        weights, cost most accuracy right after pruning.
+    schedule : str
+        ``"oneshot"`` (prune, then ``epochs`` of masked fine-tuning when ``data`` is
+        given), ``"iterative"`` (gradual magnitude pruning with fine-tuning between steps)
+        or ``"admm"`` (PatDNN's extended ADMM, then hard prune + masked retraining); the
+        last two need ``data`` and ``epochs >= 2`` (:mod:`.schedules`).
+    ratio : float, optional
+        A whole-model conv-MAC reduction target (e.g. 8) instead of one ``keep_kernels``:
+        per-layer keeps are chosen by sensitivity (loss on a batch of ``data`` when given,
+        else the weight energy a layer would lose).
+    epochs : int
+        Training epochs of the schedule.
+    train_config : TrainConfig, optional
+        Optimiser settings (default: SGD, lr 0.01, cosine, no progress bars);
+        ``TrainConfig(distill=0.7)`` distills from a frozen copy of the unpruned model.
+    layer_keeps : dict of str to float, optional
+        Per-layer keeps set by hand instead of ``ratio``.
+    min_layer_keep : float, optional
+        With ``ratio``: the smallest share of its kernels any layer may keep (default 1/8,
+        the lowest level); a higher floor spreads the cut more evenly.
 
-    * ``ratio``: a whole-model conv-MAC reduction target (e.g. 8) instead of one
-      ``keep_kernels``: per-layer keeps are chosen by sensitivity (loss on a batch of
-      ``data`` when given, else the weight energy a layer would lose); ``layer_keeps``
-      sets them by hand instead. ``min_layer_keep`` (with ``ratio``; default 1/8, the
-      lowest level) is the smallest share of its kernels any layer may keep: a higher
-      floor spreads the cut more evenly over the layers.
-    * ``schedule``: ``"oneshot"`` (prune, then ``epochs`` of masked fine-tuning when
-      ``data`` is given), ``"iterative"`` (gradual magnitude pruning with fine-tuning
-      between steps) or ``"admm"`` (PatDNN's extended ADMM, then hard prune + masked
-      retraining); the last two need ``data`` and ``epochs >= 2``.
-    * ``data``: an iterable of ``(images, labels)`` batches (a ``DataLoader`` or
-      :meth:`tvm_mcpruner.data.ImageData.loader`); ``train_config`` sets the optimiser
-      (default: SGD, lr 0.01, cosine, no progress bars); ``TrainConfig(distill=0.7)``
-      distills from a frozen copy of the unpruned ``model`` while fine-tuning (about
-      1 pp better at 8x on Fashion-MNIST; the teacher's forward costs ~1/3 more time). With ``data`` the BatchNorm
-      running statistics are re-estimated on it at the end (even with ``epochs=0``):
-      stale statistics, not the lost weights, cost most accuracy right after pruning.
-
-    Masks stay applied as ``torch.nn.utils.prune`` reparametrizations (fine-tune freely;
-    :func:`~.masks.bake` before export). With ``inplace=False`` the model is deep-copied
-    first. ``example_input`` (optional; default a slice of ``data``'s first batch) makes
-    the report count MACs per image instead of per output pixel.
+    Returns
+    -------
+    pruned : torch.nn.Module
+        The pruned model, masks applied.
+    report : PruneReport
+        Per layer: patterns used, kept kernels, MAC reduction, or why it stayed dense.
     """
     preset = _check_args(
         model, target, pattern_k, keep_kernels, num_patterns, min_in_channels, keep_pointwise, keep_linear
