@@ -254,3 +254,20 @@ def test_a_log_replaced_by_another_file_is_validated_again(tmp_path, parses):
     for name in (WORKLOAD_FILE, RECORD_FILE):  # same sizes, new inodes
         (replacement / name).replace(log / name)
     assert log_target(log) == target_signature(ARM) and parses == ["log", "log"]
+
+
+def test_compile_says_plainly_when_no_log_matches_and_defaults_are_used(tmp_path, monkeypatch):
+    import torch
+
+    import tvm_mcpruner as mcp
+
+    monkeypatch.chdir(tmp_path)  # no ./autotune_logs here; the repository's may or may not fit
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    mod = mcp.from_torch(model, (torch.randn(1, 8, 6, 6),))
+    cpu = str(get_preset("x86-avx2").tvm_target().attrs["mcpu"])
+    compiled = mcp.compile(mod, "x86-avx2")  # no log is ever shipped for this preset's target
+    assert compiled.tuning_log is None
+    line = next(s for s in compiled.summary().splitlines() if "tuning log" in s)
+    assert f"was measured for llvm {cpu}, " in line and "cores: default schedules" in line
+    compiled = mcp.compile(mod, "x86-avx2", tuning_log=None)
+    assert "not applied (tuning_log=None): default schedules" in compiled.summary()
