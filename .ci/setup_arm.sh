@@ -2,7 +2,7 @@
 # Set up the aarch64 (HiKey970 CPU class) emulation the `arm` tests run on:
 #   1. apt: qemu-user and the aarch64 cross compiler;
 #   2. apt: arm64 as a foreign architecture, with its package lists;
-#   3. the cache of tvm_mcpruner/arm_emulation.py (aarch64 sysroot from arm64 .debs,
+#   3. the cache of tvm_mcpruner/arm_sysroot.py (aarch64 sysroot from arm64 .debs,
 #      aarch64 TVM/numpy wheels from pip) under .cache/arm/ or $MCPRUNER_ARM_CACHE.
 # Emulated (qemu) — correctness only, not device timing.
 #
@@ -43,7 +43,7 @@ if ! apt-cache show libc6:arm64 >/dev/null 2>&1; then
 fi
 
 # Run as a file, not `python -m tvm_mcpruner...`: this may run before the requirements
-# are installed, and the package's __init__ imports numpy; the module needs only stdlib.
-python tvm_mcpruner/arm_emulation.py setup
+# are installed, and the package's __init__ imports numpy; arm_sysroot needs only stdlib.
+python tvm_mcpruner/arm_sysroot.py setup
 
 log "done in $((SECONDS - start)) s"

@@ -12,7 +12,7 @@ import tvm_mcpruner as mcp
 from relay_passes import RewriteSparseConv2d, to_tir_stage
 
 __all__ = ["HOST", "OTHER_KNOBS", "THIRD_KNOBS", "kernel_workload", "log_runs", "lowered", "pruned_conv_module",
-           "traced"]
+           "traced", "without_knobs"]
 
 HOST = mcp.get_preset("host")
 # Knobs other than any default; lanes are fixed by the packed weight, i.e. by the preset.
@@ -57,3 +57,10 @@ def log_runs(database, workload, trace, medians_ms):
     for ms_ in medians_ms:
         secs = [ms_ * 1e-3 * f for f in (0.99, 1.0, 1.01)]
         database.commit_tuning_record(ms.database.TuningRecord(trace, entry, secs, HOST.tvm_target(), args))
+
+
+def without_knobs(trace: s_tir.Trace) -> s_tir.Trace:
+    """``trace`` as the schedule code before schedule ids made it (no knobs annotations)."""
+    kept = [inst for inst in trace.insts if not (inst.kind.name == "Annotate"
+                                                 and str(inst.attrs[0]).startswith(topi_sparse.KNOBS_ANNOTATION))]
+    return s_tir.Trace(kept, {inst: d for inst, d in trace.decisions.items() if inst in kept})

@@ -18,18 +18,14 @@ are the same thing to the tuner:
   ``host="0.0.0.0"`` / ``mcpruner tracker --host 0.0.0.0`` so that the board can reach it,
   on a trusted network only: a TVM RPC server runs whatever code it is sent.)
 
-Each process runs in its own process group with its output in a log file: TVM forks
-workers (the tracker and server run in a ``popen_worker`` child, every session in a
-forked child), and killing the group is the only way to stop them all. Everything still
-running is stopped at interpreter exit.
+Each process runs in its own process group with its output in a log file
+(:mod:`tvm_mcpruner.process_group`): TVM forks workers, and killing the group is the
+only way to stop them all. Everything still running is stopped at interpreter exit. The
+tracker is asked with :mod:`tvm_mcpruner.rpc_tracker` (stdlib, no 60 s retry loop); its
+public names are re-exported here.
 
 What TVM does that shapes this module (TVM 0.27):
 
-* ``tvm.rpc.connect_tracker`` retries a refused connection for 60 s before it raises, so
-  the tracker is asked here through one plain socket with a short timeout (same
-  protocol: magic number, then ``[TrackerCode.SUMMARY]``; stdlib only, so the parent
-  process need not import TVM): an absent tracker is a clear
-  :class:`TrackerUnreachableError` at once.
 * An RPC server whose tracker does not answer within 60 s (at start, or after the
   tracker went away) ends its listening thread but keeps running, registered nowhere;
   :func:`start_server` therefore checks the tracker before it starts anything.
@@ -45,13 +41,9 @@ the functions that build.
 
 from __future__ import annotations
 
-import atexit
-import json
 import os
 import re
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -60,7 +52,21 @@ from pathlib import Path
 from typing import Any
 
 from . import arm_emulation
-from .arm_emulation import LABEL, LOOPBACK, parse_tracker
+from .arm_sysroot import LABEL
+from .process_group import GroupProcess, spawn, stop_at_exit
+from .rpc_tracker import (
+    BOARD_KEY,
+    DEFAULT_TRACKER_PORT,
+    LOOPBACK,
+    RPCFarmError,
+    TrackerUnreachableError,
+    board_join_command,
+    free_under,
+    parse_tracker,
+    servers_under,
+    tracker_summary,
+    wait_for_servers,
+)
 
 __all__ = [
     "BOARD_KEY",
@@ -81,27 +87,12 @@ __all__ = [
     "wait_for_servers",
 ]
 
-DEFAULT_TRACKER_PORT = 9190
-BOARD_KEY = "hikey970"
 # A key naming one of these is an emulated server by convention (arm_emulation.RPC_KEY is
 # "aarch64-qemu"); mcp.tune records its measurements as emulated.
 EMULATED_KEY_MARKERS = ("qemu", "emul")
 LOGS_ENV = "MCPRUNER_RPC_LOGS"
 # One line per session in TVM's rpc/server.py: logger.info(f"connected from {addr}").
 _SESSION_LINE = re.compile(r"\bconnected from \(")
-
-
-class RPCFarmError(RuntimeError):
-    """A tracker or server of the farm did not start, or died."""
-
-
-class TrackerUnreachableError(RPCFarmError, ConnectionError):
-    """No TVM RPC tracker answers at the address (also a ``ConnectionError``)."""
-
-
-def board_join_command(tracker: str = f"HOST:{DEFAULT_TRACKER_PORT}", key: str = BOARD_KEY) -> str:
-    """The one line a board runs to join the farm (TVM's own server; nothing of ours on the board)."""
-    return f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key}"
 
 
 def key_names_emulator(key: str | None) -> bool:
@@ -119,98 +110,6 @@ def emulated_server_running(tracker: str | tuple[str, int], key: str) -> bool:
                and parse_tracker(p.tracker, loopback_only=False) == address for p in list(_RUNNING))
 
 
-# --------------------------------------------------------------------------- asking the tracker
-
-
-def _unreachable(host: str, port: int, why: object) -> TrackerUnreachableError:
-    return TrackerUnreachableError(
-        f"no TVM RPC tracker answers at {host}:{port} ({why}); start one with "
-        f"`mcpruner tracker --port {port}` (or `python -m tvm.exec.rpc_tracker --host 0.0.0.0 "
-        f"--port {port}`), then let servers join it with `{board_join_command(f'{host}:{port}')}` "
-        f"or `mcpruner server --tracker {host}:{port} --key KEY`")
-
-
-# TVM's tracker wire protocol (tvm/rpc/base.py: RPC_TRACKER_MAGIC, TrackerCode), spoken
-# here with the stdlib so that asking a tracker needs no `import tvm` (~3 s a process);
-# tests check them against TVM's. Frames are [int32 little-endian length][JSON].
-_TRACKER_MAGIC = 0x2F271
-_CODE_SUCCESS = 0
-_CODE_SUMMARY = 6
-
-
-def _recv_exactly(sock: socket.socket, nbytes: int) -> bytes:
-    data = b""
-    while len(data) < nbytes:
-        chunk = sock.recv(nbytes - len(data))
-        if not chunk:
-            raise ConnectionResetError("connection closed by the peer")
-        data += chunk
-    return data
-
-
-def _ask_tracker(address: str | tuple[str, int], request: list[Any], timeout: float = 5.0) -> Any:
-    """Send one request over a fresh connection and return the reply (no 60 s retry loop)."""
-    host, port = parse_tracker(address, loopback_only=False)
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as err:
-        raise _unreachable(host, port, err) from None
-    with sock:
-        try:
-            sock.sendall(struct.pack("<i", _TRACKER_MAGIC))
-            if struct.unpack("<i", _recv_exactly(sock, 4))[0] != _TRACKER_MAGIC:
-                raise _unreachable(host, port, "something listens there, but it is not a TVM RPC tracker")
-            payload = json.dumps(request).encode()
-            sock.sendall(struct.pack("<i", len(payload)) + payload)
-            size = struct.unpack("<i", _recv_exactly(sock, 4))[0]
-            return json.loads(_recv_exactly(sock, size).decode())
-        except (OSError, ValueError, struct.error) as err:
-            raise _unreachable(host, port, f"the connection failed: {err}") from None
-
-
-def tracker_summary(address: str | tuple[str, int], timeout: float = 5.0) -> dict[str, Any]:
-    """What the tracker knows, as ``tvm.rpc.TrackerSession.summary()`` returns it.
-
-    ``{"queue_info": {key: {"free": n, "pending": m}}, "server_info": [{"key":
-    "server:KEY", "addr": [host, port]}, ...]}``: ``server_info`` lists every registered
-    server (busy or not), ``free`` those waiting for a session. Raises
-    :class:`TrackerUnreachableError` within ``timeout`` when nothing answers.
-    """
-    reply = _ask_tracker(address, [_CODE_SUMMARY], timeout)
-    if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == _CODE_SUCCESS):
-        raise RPCFarmError(f"the tracker at {address} answered the summary request with {reply!r}")
-    return reply[1]
-
-
-def _servers(summary: dict[str, Any], key: str) -> list[tuple[str, int]]:
-    return sorted((info["addr"][0], int(info["addr"][1])) for info in summary.get("server_info", [])
-                  if info.get("key") == f"server:{key}")
-
-
-def _free(summary: dict[str, Any], key: str) -> int:
-    return summary.get("queue_info", {}).get(key, {}).get("free", 0)
-
-
-def wait_for_servers(address: str | tuple[str, int], key: str, count: int = 1,
-                     timeout: float = 60.0) -> list[tuple[str, int]]:
-    """Wait until ``count`` servers are registered under ``key`` and free; their ``(host, port)``.
-
-    Raises :class:`TrackerUnreachableError` when the tracker does not answer and
-    ``TimeoutError`` (saying what the tracker does list) when they do not all come.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        summary = tracker_summary(address)
-        servers = _servers(summary, key)
-        if len(servers) >= count and _free(summary, key) >= count:
-            return servers
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"after {timeout:g} s the tracker at {address} has {len(servers)} server(s) "
-                               f"under key {key!r} ({_free(summary, key)} free), not {count}; "
-                               f"it lists: {summary}")
-        time.sleep(0.25)
-
-
 # --------------------------------------------------------------------------- processes
 
 
@@ -221,52 +120,16 @@ def _log_dir() -> Path:
     return directory
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (zombies do not count).
-
-    The forked workers outlive their leader and are reaped by init, which can take
-    seconds here; a zombie holds no port any more, so waiting for it is waiting for nothing.
-    """
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: ask the kernel, zombies included
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
-
-
 _RUNNING: set[_FarmProcess] = set()
+stop_at_exit(_RUNNING)
 
 
-class _FarmProcess:
-    """A TVM process started by this module, leader of its own process group."""
+class _FarmProcess(GroupProcess):
+    """A TVM process started by this module, leader of its own process group, serving on ``port``."""
 
     def __init__(self, proc: subprocess.Popen, port: int, log_path: Path):
-        self.proc = proc
+        super().__init__(proc, log_path)
         self.port = port
-        self.log_path = log_path
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_text()[-chars:]
 
     def bound(self) -> bool:
         """Whether TVM logged that *this* process bound its port (``bind to HOST:PORT``).
@@ -279,45 +142,11 @@ class _FarmProcess:
     def stop(self) -> None:
         """Kill the process with everything it forked (its process group); harmless twice."""
         _RUNNING.discard(self)
-        for sig in (signal.SIGTERM, signal.SIGKILL):  # KILL too: forked children may linger
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.proc.poll()
-        # The forked workers are not our children: wait until they have freed the ports.
-        deadline = time.monotonic() + 10
-        while _group_alive(self.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
+        super().stop()
 
     def _failed(self, what: str) -> RPCFarmError:
         state = f"exited with code {self.proc.returncode}" if not self.alive else "is still starting"
         return RPCFarmError(f"{what} ({state}); log {self.log_path}:\n{self.log_tail()}")
-
-
-@atexit.register
-def _stop_running() -> None:
-    for process in list(_RUNNING):
-        process.stop()
-
-
-def _spawn(args: list[str], log_path: Path, header: str) -> subprocess.Popen:
-    with open(log_path, "w") as log:
-        log.write(f"# {header}\n# $ {' '.join(args)}\n")
-        log.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)  # own group: stop() kills all
 
 
 def _answers(tracker: TrackerProcess) -> bool:
@@ -377,7 +206,7 @@ def start_tracker(port: int | None = None, *, host: str = LOOPBACK, timeout: flo
     log_path = _log_dir() / f"tracker-{port}.log"
     args = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
             "--port-end", str(port + 1)]
-    tracker = TrackerProcess(_spawn(args, log_path, "TVM RPC tracker"), host, port, log_path)
+    tracker = TrackerProcess(spawn(args, log_path, "TVM RPC tracker"), host, port, log_path)
     _RUNNING.add(tracker)
     try:
         deadline = time.monotonic() + timeout
@@ -418,7 +247,7 @@ class ServerProcess(_FarmProcess):
 
     def registered(self) -> bool:
         """Whether the tracker lists this server under its key (busy or free)."""
-        return self.port in (port for _, port in _servers(tracker_summary(self.tracker), self.key))
+        return self.port in (port for _, port in servers_under(tracker_summary(self.tracker), self.key))
 
     def wait_until_registered(self, timeout: float = 60.0) -> None:
         """Wait until the tracker lists this server free under its key."""
@@ -427,8 +256,8 @@ class ServerProcess(_FarmProcess):
             if not self.alive:
                 raise self._failed(f"the RPC server on {LOOPBACK}:{self.port} exited before it registered")
             summary = tracker_summary(self.tracker)
-            listed = self.port in (port for _, port in _servers(summary, self.key))
-            if listed and _free(summary, self.key) > 0 and self.bound():
+            listed = self.port in (port for _, port in servers_under(summary, self.key))
+            if listed and free_under(summary, self.key) > 0 and self.bound():
                 return
             if time.monotonic() > deadline:
                 raise self._failed(f"the RPC server on {LOOPBACK}:{self.port} is not registered under key "
@@ -487,7 +316,7 @@ def start_server(tracker: str, key: str, *, port: int | None = None, emulate_aar
     log_path = _log_dir() / f"server-{key}-{port}.log"
     args = [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", address, "--key", key,
             "--host", LOOPBACK, "--port", str(port), "--port-end", str(port + 1)]
-    server = ServerProcess(_spawn(args, log_path, f"TVM RPC server (host CPU), key {key}"), port, log_path,
+    server = ServerProcess(spawn(args, log_path, f"TVM RPC server (host CPU), key {key}"), port, log_path,
                            address, key)
     _RUNNING.add(server)
     if wait:

@@ -1,4 +1,4 @@
-"""tvm_mcpruner.arm_emulation: tracker parsing, cache checks, the emulated RPC server's life.
+"""tvm_mcpruner.arm_emulation and arm_sysroot: tracker parsing, cache checks, the emulated RPC server's life.
 
 Tests that start a server need the emulation (``bash .ci/setup_arm.sh``): they skip
 without it, or fail with ``CI=true``. The rest run anywhere.
@@ -6,7 +6,6 @@ without it, or fail with ``CI=true``. The rest run anywhere.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -16,8 +15,9 @@ from importlib.metadata import version
 import pytest
 
 from tests._resources import require_arm_emulation
-from tvm_mcpruner import arm_emulation
+from tvm_mcpruner import arm_emulation, arm_sysroot
 from tvm_mcpruner.arm_emulation import ArmEmulationError, parse_tracker
+from tvm_mcpruner.process_group import group_alive
 
 
 # ---------------------------------------------------------------------------------
@@ -95,10 +95,11 @@ def test_starting_a_server_without_cache_raises_clear_error(empty_cache):
 
 
 def test_cli_status_says_not_ready(empty_cache, capsys):
-    assert arm_emulation.main(["status"]) == 1
-    out = capsys.readouterr().out
-    assert "NOT READY" in out and str(empty_cache) in out
-    assert arm_emulation.LABEL in out
+    for main in (arm_emulation.main, arm_sysroot.main):  # arm_emulation's setup/status are arm_sysroot's
+        assert main(["status"]) == 1
+        out = capsys.readouterr().out
+        assert "NOT READY" in out and str(empty_cache) in out
+        assert arm_emulation.LABEL in out
 
 
 def test_unset_up_emulation_skips_locally_and_fails_in_ci(empty_cache, monkeypatch):
@@ -115,28 +116,20 @@ def test_a_cross_compiler_that_cannot_link_is_named_with_the_fix(monkeypatch, tm
     failing = tmp_path / "cross-gcc"
     failing.write_text("#!/bin/sh\necho 'ld: cannot find crti.o: No such file or directory' >&2\nexit 1\n")
     failing.chmod(0o755)
-    monkeypatch.setattr(arm_emulation, "CROSS_COMPILER", str(failing))
+    monkeypatch.setattr(arm_sysroot, "CROSS_COMPILER", str(failing))
     with pytest.raises(ArmEmulationError, match="(?s)cannot link a shared library.*libc6-dev-arm64-cross.*crti.o"):
-        arm_emulation._check_cross_link()
+        arm_sysroot._check_cross_link()
 
 
 @pytest.mark.arm
 def test_the_cross_compiler_links_a_shared_library():
     require_arm_emulation()
-    arm_emulation._check_cross_link()  # raises with the fix when it cannot
+    arm_sysroot._check_cross_link()  # raises with the fix when it cannot
 
 
 # ---------------------------------------------------------------------------------
 # the server (needs the emulation)
 # ---------------------------------------------------------------------------------
-def _process_group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.arm
 def test_server_starts_serves_and_stops():
     require_arm_emulation()
@@ -151,7 +144,7 @@ def test_server_starts_serves_and_stops():
         server.stop()
     assert not server.alive
     assert not arm_emulation._listening(server.port)
-    assert not _process_group_exists(server.proc.pid)  # worker and sessions are gone too
+    assert not group_alive(server.proc.pid)  # worker and sessions are gone too (zombies hold nothing)
     server.stop()  # stopping twice is harmless
     assert "stopped" in repr(server)
 

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tests._resources import require_arm_emulation
-from tvm_mcpruner import arm_emulation, rpc_farm
+from tvm_mcpruner import arm_emulation, arm_sysroot, rpc_farm, rpc_tracker
 from tvm_mcpruner.rpc_farm import TrackerUnreachableError
 
 KEY = "farm-test"
@@ -138,8 +138,8 @@ def test_a_local_server_joins_only_a_loopback_tracker():
 def test_tracker_wire_constants_are_tvms():
     from tvm.rpc import base
 
-    assert rpc_farm._TRACKER_MAGIC == base.RPC_TRACKER_MAGIC
-    assert (rpc_farm._CODE_SUCCESS, rpc_farm._CODE_SUMMARY) == (base.TrackerCode.SUCCESS, base.TrackerCode.SUMMARY)
+    assert rpc_tracker._TRACKER_MAGIC == base.RPC_TRACKER_MAGIC
+    assert (rpc_tracker._CODE_SUCCESS, rpc_tracker._CODE_SUMMARY) == (base.TrackerCode.SUCCESS, base.TrackerCode.SUMMARY)
 
 
 def test_board_join_command_is_tvms_own_server():
@@ -248,8 +248,8 @@ def test_the_cross_compiler_is_named_by_the_target_preset_only(tmp_path):
     preset = get_preset("hikey970-cpu")
     assert preset.cross_compiler == "aarch64-linux-gnu-gcc" and get_preset("host").cross_compiler is None
     assert arm_emulation.CROSS_COMPILER == preset.cross_compiler
-    # .ci/setup_arm.sh runs arm_emulation as a file, before numpy or TVM are installed
-    script = Path(arm_emulation.__file__)
+    # .ci/setup_arm.sh runs arm_sysroot as a file, before numpy or TVM are installed
+    script = Path(arm_sysroot.__file__)
     code = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); ns = runpy.run_path(sys.argv[2]); "
             "loaded = {'numpy', 'tvm', 'tvm_mcpruner'} & set(sys.modules); "
             "assert not loaded, loaded; print(ns['CROSS_COMPILER'])")

@@ -19,7 +19,7 @@ from tvm.s_tir import meta_schedule as ms
 import tvm_mcpruner as mcp
 from tests._resources import require_arm_emulation
 from tvm_mcpruner import arm_emulation, rpc_farm
-from tests.relay_passes.test_schedule_kernels import OTHER_KNOBS, kernel_workload, log_runs, traced, without_knobs
+from tests._tuning import OTHER_KNOBS, kernel_workload, log_runs, traced, without_knobs
 from tvm_mcpruner.tuning_log import RankedTuningView
 from tvm_mcpruner.tuning import _resolve_emulated
 from tvm_mcpruner.tuning_log import PROVENANCE_FILE, RECORD_FILE, log_provenance, log_target, target_signature

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 import topi_sparse
-from tests._tuning import HOST, OTHER_KNOBS, THIRD_KNOBS, kernel_workload, log_runs, traced
+from tests._tuning import HOST, OTHER_KNOBS, THIRD_KNOBS, kernel_workload, log_runs, traced, without_knobs
 from tvm_mcpruner.tuning_log import RankedTuningView, rank_tuned_records, ranking
 
 
@@ -68,13 +67,6 @@ def test_an_unconfirmed_schedule_does_not_hide_a_confirmed_one():
     from tvm_mcpruner.tuning import CONFIRM_ROUNDS
 
     assert ranking.CONFIRMED_RUNS == 1 + CONFIRM_ROUNDS  # what the tuner gives each
-
-
-def without_knobs(trace: s_tir.Trace) -> s_tir.Trace:
-    """``trace`` as the schedule code before schedule ids made it (no knobs annotations)."""
-    kept = [inst for inst in trace.insts if not (inst.kind.name == "Annotate"
-                                                 and str(inst.attrs[0]).startswith(topi_sparse.KNOBS_ANNOTATION))]
-    return s_tir.Trace(kept, {inst: d for inst, d in trace.decisions.items() if inst in kept})
 
 
 def test_records_of_an_earlier_schedule_version_are_left_out(caplog, monkeypatch):
