@@ -30,8 +30,6 @@ with emulated timings by itself.
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -42,16 +40,18 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax, s_tir
-from tvm.ir.utils import derived_object
+from tqdm.auto import tqdm
+from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 import topi_sparse
 from relay_passes import RewriteSparseConv2d, to_tir_stage
 
+from . import rpc_farm
 from .targets import TargetPreset, get_preset, system_cpu_name, usable_cpus
 from .tuning_log import (CONFIRMED_RUNS, RECORD_FILE, RankedTuningView, append_provenance, default_log_dir,
                          open_tuning_log, rank_tuned_records, target_signature)
+from .tuning_measure import OperandStore, ProgressBar, export_function, make_runner
 
 __all__ = ["TaskResult", "TuningReport", "tune"]
 
@@ -178,7 +178,7 @@ def tune(
         lowered = to_tir_stage(preset, RewriteSparseConv2d(preset))(mod)
     extracted = ms.relax_integration.extract_tasks(lowered, tvm_target)
     work_dir = Path(tempfile.mkdtemp(prefix="mcpruner-tune-"))
-    operands = _OperandStore(work_dir / "operands")
+    operands = OperandStore(work_dir / "operands")
     operands.save_from(lowered)
     contexts, weights, kinds = _tune_contexts(extracted, preset, search, sparse_only, work_dir, seed)
     if not contexts:
@@ -192,13 +192,11 @@ def tune(
         "target": target_signature(tvm_target), "records_before": _count_lines(log_dir / RECORD_FILE),
     })
 
-    from . import rpc_farm
-
     # MetaSchedule's default build imports every tensor intrinsic first (~30 s per batch).
     builder = ms.builder.LocalBuilder(f_build=rpc_farm.build_without_tensor_intrinsics,
-                                      f_export=_export_function(preset), max_workers=1,
+                                      f_export=export_function(preset), max_workers=1,
                                       timeout_sec=max(timeout_s, 120))  # a cold worker imports TVM first
-    runner = _make_runner(preset, tracker, key, operands, timeout_s, evaluator, threads)
+    runner = make_runner(preset, tracker, key, operands, timeout_s, evaluator, threads)
     runner_name = f"RPC tracker {tracker} key {key!r}" if tracker else "this machine (LocalRunner)"
     for i, ctx in enumerate(contexts):
         if kinds[i] == "sparse":
@@ -213,7 +211,7 @@ def tune(
         # clears the cell's output when it believes it runs in Jupyter; plain text goes
         # to its log files instead, and our tqdm bar shows the progress.
         tvm.register_global_func("s_tir.meta_schedule.using_ipython", lambda: False, override=True)
-        bar = _ProgressBar(budget, [ctx.task_name for ctx in contexts], enabled=progress)
+        bar = ProgressBar(budget, [ctx.task_name for ctx in contexts], enabled=progress)
         try:
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(work_dir),
@@ -242,8 +240,6 @@ def _resolve_emulated(emulated: bool | None, tracker: str | None, key: str | Non
         raise TypeError(f"emulated must be True, False or None, got {emulated!r}")
     if tracker is None:
         return False if emulated is None else emulated
-    from . import rpc_farm
-
     if rpc_farm.key_names_emulator(key) or rpc_farm.emulated_server_running(tracker, key):
         if emulated is False:
             raise ValueError(f"emulated=False, but the servers under key {key!r} are emulated (the key "
@@ -407,145 +403,4 @@ def _median_ms(run_secs) -> float:
 
 
 def _progress(items: list, description: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(items, desc=description, unit="task", disable=not enabled)
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-def _export_function(preset: TargetPreset):
-    """How built candidates become files a runner loads: aarch64 is linked here."""
-    if preset.cross_compiler is not None:
-        from . import rpc_farm
-
-        return rpc_farm.export_aarch64_shared_library
-    return None  # MetaSchedule's default (a tar the local runtime links)
-
-
-def _make_runner(preset, tracker, key, operands, timeout_s, evaluator, threads):
-    evaluator = evaluator or ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=50,
-                                                       enable_cpu_cache_flush=False)
-    if tracker is not None:
-        from .arm_emulation import parse_tracker
-
-        host, port = parse_tracker(tracker, loopback_only=False)  # a real farm is on the LAN
-        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
-                                     session_timeout_sec=int(timeout_s) * 4)
-        return ms.runner.RPCRunner(config, evaluator, max_workers=2,
-                                   f_alloc_argument=_StoredOperands(operands.directory))
-    return ms.runner.LocalRunner(
-        timeout_sec=timeout_s, evaluator_config=evaluator,
-        f_alloc_argument=_StoredOperands(operands.directory, threads or preset.threads),
-    )
-
-
-class _OperandStore:
-    """The real constant operands (values, offsets, bias) of each sparse task, on disk.
-
-    Keyed by the task's argument shapes and dtypes, which is all a runner is told; the
-    runner's allocation function (in a worker process) loads them from here.
-    """
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def save_from(self, mod: tvm.IRModule) -> None:
-        for call in _sparse_calls(mod):
-            func = mod[call.args[0]]
-            constants = {str(i): arg.value.numpy() for i, arg in enumerate(call.args[1].fields)
-                         if isinstance(arg, tvm.ir.GenericConst)}
-            if "2" not in constants:  # the offsets must be real: random ones read out of bounds
-                raise ValueError(f"{call.args[0].name_hint}: its index operands are not constants")
-            args_info = [info.as_json() for info in ms.arg_info.ArgInfo.from_prim_func(func)]
-            path = self.directory / f"{_args_key(args_info)}.npz"
-            if not path.exists():
-                np.savez(path, **constants)
-
-
-def _sparse_calls(mod: tvm.IRModule) -> list[relax.Call]:
-    calls: list[relax.Call] = []
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
-            callee = mod[expr.args[0]]
-            if topi_sparse.is_kernel(callee):
-                calls.append(expr)
-
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
-    return calls
-
-
-def _args_key(args_info: list) -> str:
-    return hashlib.sha1(json.dumps(_plain(args_info)).encode()).hexdigest()[:20]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__len__") and not isinstance(value, str)):
-        return [_plain(v) for v in value]
-    return int(value) if isinstance(value, (int, np.integer)) else str(value)
-
-
-def _arguments(directory: Path, args_info: list, make) -> list:
-    """One argument list: stored operands where the task has them, else random floats /
-    zero integers (zero is a valid index for any index operand of TVM's own ops)."""
-    path = directory / f"{_args_key(args_info)}.npz"
-    stored = dict(np.load(path)) if path.exists() else {}
-    rng = np.random.default_rng(0)
-    args = []
-    for i, (_, dtype, shape) in enumerate(args_info):
-        array = stored.get(str(i))
-        if array is None:
-            shape = [int(d) for d in shape]
-            array = (rng.uniform(-1, 1, shape).astype(dtype) if "float" in str(dtype)
-                     else np.zeros(shape, str(dtype)))
-        args.append(make(np.ascontiguousarray(array)))
-    return args
-
-
-class _StoredOperands:
-    """``f_alloc_argument`` of both runners: ``(device, args_info, repeat)`` for the
-    LocalRunner, ``(session, device, args_info, repeat)`` for the RPCRunner (the arrays
-    are then copied to the remote device). Locally it also sizes the worker's thread
-    pool, whose default is half the CPUs."""
-
-    def __init__(self, directory: Path, threads: int | None = None):
-        self.directory, self.threads = directory, threads
-
-    def __call__(self, *args):
-        device, args_info, alloc_repeat = args[-3:]
-        if self.threads is not None:
-            from .compiler import set_tvm_threads
-
-            set_tvm_threads(self.threads)
-        return [_arguments(self.directory, args_info, lambda a: tvm.runtime.tensor(a, device))
-                for _ in range(alloc_repeat)]
-
-
-@derived_object
-class _ProgressBar(ms.measure_callback.PyMeasureCallback):
-    """tqdm over the trial budget: trials done, best latency per task, ETA."""
-
-    def __init__(self, total: int, task_names: list[str], enabled: bool = True):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc="tuning", unit="trial", disable=not enabled)
-        self.names = task_names
-        self.best: dict[int, float] = {}
-
-    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-        times = [float(np.median([float(s) for s in r.run_secs])) * 1e3
-                 for r in runner_results if r.run_secs and not r.error_msg]
-        if times:
-            self.best[task_id] = min(self.best.get(task_id, float("inf")), *times)
-        self.bar.update(len(runner_results))
-        if task_id in self.best:
-            self.bar.set_postfix_str(f"{self.names[task_id][:24]} best {self.best[task_id]:.4f} ms")
-
-    def close(self) -> None:
-        self.bar.close()
