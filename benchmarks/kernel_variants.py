@@ -7,8 +7,8 @@ benchmark bounds the gain from above: the *ablation* variant computes every offs
 a closed form of the entry index, so it has no index load at all and walks the input in
 the friendliest order; its outputs are wrong by construction and it only exists here.
 Fully weight-specialised code (every offset an immediate) is not an option: a 512x512
-layer would unroll into ~460k FMA instructions (DESIGN.md: "specialise on patterns and
-groups, not on every weight").
+layer would unroll into ~460k FMA instructions, and compile times must stay bounded:
+the kernels specialise on patterns and groups, not on every weight.
 
 The specialisation that *could* be built is PatDNN's per-pattern code: within a filter
 group, the kept kernels sorted by pattern, one loop per pattern whose 4 tap offsets are
@@ -67,6 +67,8 @@ from tvm import s_tir, te, tirx  # noqa: E402
 import topi_sparse  # noqa: E402
 from topi_sparse.pattern_conv2d import pattern_conv2d_nchw  # noqa: E402
 from topi_sparse.cpu import schedule_pad_copy  # noqa: E402
+import tvm_mcpruner as mcp  # noqa: E402
+from tvm_mcpruner.benchmark import machine_info  # noqa: E402
 from tvm_mcpruner.sparse_format import pack_pattern_weights  # noqa: E402
 
 # (C, O, H=W, stride): the distinct 3x3 layers of ResNet-50 and of VGG-16 beyond its stem
@@ -76,8 +78,8 @@ LAYERS = [(64, 64, 56, 1), (128, 128, 56, 2), (128, 128, 28, 1), (256, 256, 28, 
 PATTERN_TAPS = 4
 KEEP = 0.5
 # The column-vector form's tile: filters of one group per tile x output columns (two
-# 16-float vectors). The best of the four tiles tried on the wide layers (session 9):
-# 8x32 and 4x2x32 (two rows) alike, 4x64 at most as fast, 8x48 (24 vectors) 0.6x.
+# 16-float vectors): the fastest of the tiles tried on the wide layers
+# (kernel_variants_znver4_2026-11-24T1328.md).
 COLUMN_FORM_FILTERS = 8
 COLUMN_FORM_VECTORS = 2
 COLUMN_FORM = "column-vector form"
@@ -114,7 +116,7 @@ def prepare_kernel(c: int, o: int, size: int, stride: int, seed: int, keep: floa
     """Weight, kernel (default knobs, or these fields of them replaced) and operands, drawn
     from one generator seeded with ``seed`` (weight first, then the input)."""
     rng = np.random.default_rng(seed)
-    lanes = _common.mcp.get_preset("host").vector_width
+    lanes = mcp.get_preset("host").vector_width
     w = aligned_weight(rng, o, c, lanes, keep=keep)
     packed = pack_pattern_weights(w, lanes)
     build = functools.partial(
@@ -160,8 +162,8 @@ def pruned_layer_weight(c: int, o: int, size: int, stride: int, lanes: int) -> n
 
     torch.manual_seed(c * 1000 + size)
     conv = torch.nn.Conv2d(c, o, 3, stride=stride, padding=1)
-    pruned, _ = _common.mcp.prune(torch.nn.Sequential(conv), target="host", pattern_k=PATTERN_TAPS,
-                                  keep_kernels=KEEP, example_input=torch.randn(1, c, size, size))
+    pruned, _ = mcp.prune(torch.nn.Sequential(conv), target="host", pattern_k=PATTERN_TAPS,
+                          keep_kernels=KEEP, example_input=torch.randn(1, c, size, size))
     return bake(pruned)[0].weight.detach().numpy()
 
 
@@ -179,7 +181,7 @@ def ablation_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc:
 
 
 def column_form_width() -> int:
-    return COLUMN_FORM_VECTORS * _common.mcp.get_preset("host").vector_width
+    return COLUMN_FORM_VECTORS * mcp.get_preset("host").vector_width
 
 
 def column_form_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc:
@@ -188,7 +190,7 @@ def column_form_primfunc(kernel: topi_sparse.PatternConvKernel) -> tirx.PrimFunc
     ``kernel`` must have been built with ``tile_w = column_form_width()`` (its compute
     pads the output columns to it and sizes the padded input for it).
     """
-    vector, width = _common.mcp.get_preset("host").vector_width, column_form_width()
+    vector, width = mcp.get_preset("host").vector_width, column_form_width()
     if kernel.shape.stride != 1 or kernel.knobs.tile_w != width:
         raise ValueError("the column form needs stride 1 and a compute built for its tile width")
     sch = s_tir.Schedule(kernel.compute)
@@ -306,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     losing = sum(r["pattern_major"]["ratio"] > r["headroom"] for r in rows)
     column = [r["column_form_speedup"] for r in rows if r["column_form_speedup"]]
     copy_cost = [r["padded_copy_cost"] for r in rows if r["padded_copy_cost"]]
-    info = {"machine": _common.machine_info(), "threads": args.threads, "repeats": args.repeats,
+    info = {"machine": machine_info(), "threads": args.threads, "repeats": args.repeats,
             "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "sparsity": f"{PATTERN_TAPS}-of-9 patterns, {KEEP:.0%} of kernels kept per group"}
     payload = {**info, "layers": rows, "median_headroom": headroom, "median_pattern_major_padding": padding,

@@ -36,6 +36,7 @@ from tqdm import tqdm  # noqa: E402
 
 from kernel_variants import prepare_kernel  # noqa: E402
 from layers import SPARSITIES, discover_layers  # noqa: E402
+from tvm_mcpruner.benchmark import machine_info, rel_error  # noqa: E402
 
 GOAL_PCT = 55.0
 MAX_REL_ERROR = 1e-4  # against torch's dense conv on the same weights (fp32 sums in another order)
@@ -54,7 +55,7 @@ def _kernel_runner(c: int, o: int, size: int, stride: int, keep: float, seed: in
     lib = tvm.compile(tvm.IRModule({"main": kernel.func}), target=_common.host_target())
     lib(*operands, out)
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=stride, padding=1)
-    error = _common.rel_error(out.numpy(), ref.numpy())
+    error = rel_error(out.numpy(), ref.numpy())
     if error > MAX_REL_ERROR:
         raise AssertionError(f"{c}->{o} @{size} s{stride} keep {keep}: kernel differs from torch ({error:.1e})")
     flops = 2.0 * int(np.count_nonzero(w)) * kernel.shape.out_height * kernel.shape.out_width
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                               compare_orders=args.compare_orders)
     median_pct = statistics.median(r["pct_concurrent_peak"] for r in rows)
     median_gflops = statistics.median(r["gflops_nonzero"] for r in rows)
-    info = {"machine": _common.machine_info(), "threads": args.threads, "repeats": args.repeats,
+    info = {"machine": machine_info(), "threads": args.threads, "repeats": args.repeats,
             "command": " ".join(["python", "benchmarks/kernels.py", *(argv if argv is not None else sys.argv[1:])]),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     payload = {**info, "rows": rows, "median_pct_concurrent_peak": median_pct,

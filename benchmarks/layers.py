@@ -1,7 +1,7 @@
 """Layer benchmark: every distinct conv of the project's VGG-16 / ResNet-50 / MobileNetV2 at 224x224.
 
 Side by side, in one process, same threads: torch dense (oneDNN), onnxruntime dense,
-TVM dense (MetaSchedule-tuned, database in autotune_logs/) and mcpruner sparse.
+TVM dense (MetaSchedule-tuned, tuning log in autotune_logs/) and mcpruner sparse.
 
 Each layer runs as a one-conv module **conv (with bias) + ReLU**, batch 1, the shape it
 has in the model (found by forward hooks on ``get_model(...)`` at 224x224, deduplicated
@@ -18,7 +18,7 @@ pixels / time; dense MACs for the dense frameworks).
 
     python benchmarks/layers.py --suite all --sparsity both --threads 2 --tune-trials 64
     python benchmarks/layers.py --quick                 # 3 small layers, untuned TVM (CI)
-    python benchmarks/layers.py --tune-only --tune-trials 64   # only fill the tuning database
+    python benchmarks/layers.py --tune-only --tune-trials 64   # only fill the tuning log
 """
 
 from __future__ import annotations
@@ -325,9 +325,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tune-trials", type=int, default=None,
                    help="MetaSchedule trials per task for TVM dense (0 = untuned; default 64, "
                         "0 with --quick)")
-    p.add_argument("--tune-only", action="store_true", help="fill the tuning database, measure nothing")
+    p.add_argument("--tune-only", action="store_true", help="fill the tuning log, measure nothing")
     p.add_argument("--no-tune", action="store_true",
-                   help="use the tuning database as it is (tasks short of the budget are listed in the results)")
+                   help="use the tuning log as it is (tasks short of the budget are listed in the results)")
     p.add_argument("--quick", action="store_true", help="3 small layers, untuned TVM unless --tune-trials")
     p.add_argument("--limit", type=int, default=None, help="only the first N layers (debugging)")
     p.add_argument("--only", default=None, help="only layers whose label contains this text, e.g. '3x3/s2'")

@@ -1,7 +1,7 @@
 """Whole-model benchmark: VGG-16 and ResNet-50 (the project's definitions), 224x224, batch 1.
 
 Side by side, in one process, same threads: torch dense (oneDNN), onnxruntime dense,
-TVM dense (MetaSchedule-tuned, database in autotune_logs/) and mcpruner sparse, all on
+TVM dense (MetaSchedule-tuned, tuning log in autotune_logs/) and mcpruner sparse, all on
 the *same pruned weights* (the dense frameworks run them dense).
 
   VGG-16:    4-of-9 patterns + keep_kernels 0.28125 (9/32) -> 2.25 x 3.56 = 8x fewer 3x3 MACs
@@ -356,9 +356,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tune-trials", type=int, default=None,
                    help="MetaSchedule trials per task for TVM dense (0 = untuned; default 64, 0 with --quick)")
-    p.add_argument("--tune-only", action="store_true", help="fill the tuning database, measure nothing")
+    p.add_argument("--tune-only", action="store_true", help="fill the tuning log, measure nothing")
     p.add_argument("--no-tune", action="store_true",
-                   help="use the tuning database as it is (tasks short of the budget are listed in the results)")
+                   help="use the tuning log as it is (tasks short of the budget are listed in the results)")
     p.add_argument("--quick", action="store_true", help="width-1/4 models at 64x64, untuned TVM (CI smoke run)")
     p.add_argument("--keep-pointwise", type=float, default=None,
                    help="kept share of 1x1 convs (default: the model case's, else its keep_kernels)")

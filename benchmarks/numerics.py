@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402  (puts the repository root on sys.path)
+import _repo  # noqa: E402,F401  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -37,6 +37,7 @@ from tests._models import randomize_bn  # noqa: E402  (the calibrated BatchNorm 
 from tvm_mcpruner.benchmark import machine_info  # noqa: E402
 from tvm_mcpruner.models import get_model  # noqa: E402
 from tvm_mcpruner.pruning.masks import deepcopy_model  # noqa: E402
+from tvm_mcpruner.targets import usable_cpus  # noqa: E402
 
 NETS = {
     "vgg11": dict(name="vgg11", width=0.25),
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--no-stages", action="store_true", help="skip the per-block MobileNetV2 table")
     args = parser.parse_args()
-    torch.set_num_threads(C.usable_cpus())
+    torch.set_num_threads(usable_cpus())
     result = {"machine": machine_info(), "preset": mcp.get_preset("host").description,
               "end_to_end": end_to_end(), "stages": [] if args.no_stages else stages()}
     cpu = result["machine"].get("built_for_llvm_cpu", result["machine"]["llvm_cpu"])

@@ -1,4 +1,4 @@
-"""benchmarks/layers.py: the layer list, the tuning ledger, and a --quick run end to end.
+"""benchmarks/layers.py: the layer list, the TVM dense tuning log, and a --quick run end to end.
 
 These check that the pipeline works (files written, fields present, mcpruner output
 matches torch), never the speed: timings on a shared CI machine mean nothing.
@@ -11,6 +11,8 @@ import json
 import pytest
 
 from tvm_mcpruner.targets import host_cpu_name
+from tvm_mcpruner.tuning_log import (RECORD_FILE, WORKLOAD_FILE, log_provenance, log_target,
+                                     target_signature)
 
 from . import load_benchmark
 
@@ -34,20 +36,64 @@ def test_layer_list_is_derived_from_the_models_and_deduplicated():
     assert [f.split(":")[0] for f in repeated.found_in] == ["vgg16", "vgg16"]  # conv3_2, conv3_3
 
 
-def test_tuning_ledger_skips_tasks_tuned_with_the_same_or_a_larger_budget(tmp_path):
+def _log_measurements(tuner, task, count: int) -> None:
+    """Write ``count`` measurements of one schedule of ``task`` to the tuner's log."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    workload = tuner.database.commit_workload(task.workload)
+    sch = s_tir.Schedule(task.workload)
+    sch.get_child_blocks(sch.get_sblock("root"))  # a non-empty trace: get_top_k leaves out empty ones
+    trace = sch.trace
+    args_info = ms.arg_info.ArgInfo.from_prim_func(task.workload["main"])
+    for _ in range(count):
+        tuner.database.commit_tuning_record(ms.database.TuningRecord(trace, workload, [1e-3], tuner.target,
+                                                                     args_info))
+
+
+def test_tuning_log_skips_tasks_tuned_with_the_same_or_a_larger_budget(tmp_path):
     shape = layers.ConvShape(16, 16, 8, 8, 3, 1, 1)
     mod = layers.mcp.from_torch(layers.layer_module(shape), (layers.layer_input(shape),))
     tuner = common.DenseTuner(8, root=tmp_path)
+    assert tuner.log_dir == tmp_path / host_cpu_name() / "dense"
     tasks = tuner.tasks(mod)
-    assert tasks and [missing for _, missing in tuner.pending(tasks)] == [8] * len(tasks)  # empty database
-    with tuner.ledger_path.open("a") as f:
-        for task in tasks:
-            f.write(json.dumps({"key": task.key, "task": task.name, "trials": 8}) + "\n")
+    assert tasks and [missing for _, missing in tuner.pending(tasks)] == [8] * len(tasks)  # empty log
+    for task in tasks:
+        _log_measurements(tuner, task, 5)
+    assert [missing for _, missing in tuner.pending(tasks)] == [3] * len(tasks)  # only the missing trials
+    report = tuner.tune_and_report(tasks, tune=False)
+    assert [s["trials_done"] for s in report["short_of_budget"]] == [5] * len(tasks)
+    for task in tasks:
+        _log_measurements(tuner, task, 3)
     assert tuner.pending(tasks) == []                                   # same budget: nothing to tune
-    assert common.DenseTuner(4, root=tmp_path).pending(tasks) == []     # smaller budget: nothing
+    assert common.DenseTuner(4, root=tmp_path).pending(tasks) == []     # smaller budget, log read anew
     bigger = common.DenseTuner(16, root=tmp_path).pending(tasks)
-    assert [missing for _, missing in bigger] == [8] * len(tasks)       # only the missing trials
-    assert tuner.db_dir == tmp_path / host_cpu_name() / "dense"
+    assert [missing for _, missing in bigger] == [8] * len(tasks)
+    assert {p.name for p in tuner.log_dir.iterdir()} == {WORKLOAD_FILE, RECORD_FILE}  # no other bookkeeping
+
+
+def test_tuning_appends_provenance_before_it_measures(tmp_path, monkeypatch):
+    shape = layers.ConvShape(16, 16, 8, 8, 3, 1, 1)
+    mod = layers.mcp.from_torch(layers.layer_module(shape), (layers.layer_input(shape),))
+    tuner = common.DenseTuner(4, root=tmp_path)
+    tasks = tuner.tasks(mod)
+    lines_seen = []
+
+    def fake_tune_one(task, trials, work_dir):  # MetaSchedule's part: measures land in the log
+        lines_seen.append(len(log_provenance(tuner.log_dir).entries))
+        _log_measurements(tuner, task, trials)
+        return {"task": task.name, "records": tuner.trials_done(task)}
+
+    monkeypatch.setattr(tuner, "_tune_one", fake_tune_one)
+    report = tuner.tune_and_report(tasks)
+    assert report["short_of_budget"] == [] and [t["records"] for t in report["tuned_this_run"]] == [4] * len(tasks)
+    assert lines_seen and set(lines_seen) == {1}  # the run was on record before its first measurement
+    (entry,) = log_provenance(tuner.log_dir).entries
+    assert entry["runner"] == "local" and entry["emulated"] is False and entry["trials"] == 4
+    assert entry["records_before"] == 0 and entry["target"] == target_signature(tuner.target)
+    assert log_target(tuner.log_dir) == entry["target"]
+    assert tuner.tune_and_report(tasks)["tuned_this_run"] == []  # nothing short: no new run, no new line
+    assert len(log_provenance(tuner.log_dir).entries) == 1
 
 
 @pytest.mark.slow
