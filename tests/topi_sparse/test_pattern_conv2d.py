@@ -257,7 +257,7 @@ def _fma_lines(preset_name: str) -> list[str]:
     w = make_weight(rng, 32, 16, 3, 3, preset.vector_width, "aligned", 0.5)
     packed = pack_pattern_weights(w, preset.vector_width)
     kernel = build_pattern_conv2d((1, 16, 8, 8), w.shape, packed.row_ptr, *packed.row_channels_and_taps(),
-                                  packed.values, stride=1, padding=(1,) * 4, family="x86")
+                                  packed.values, stride=1, padding=(1,) * 4, family=preset.family)
     lib = tvm.compile(tvm.IRModule({"main": kernel.func}), target=preset.tvm_target())
     asm = lib.mod.inspect_source("asm")
     return [line for line in asm.splitlines() if re.search(r"\bvfmadd\w*ps\b", line)]
