@@ -1,8 +1,7 @@
 """The aarch64 emulation's cache: an aarch64 sysroot and site directory, built, checked and described.
 
-**Emulated (qemu) — correctness only, not device timing.** The recipe
-(``/work/shared/TVM_NOTES.md``, "ARM (aarch64 + NEON) correctness under qemu"): an
-aarch64 *sysroot* (Debian arm64 ``.deb`` files unpacked: python3.11, glibc, libstdc++
+**Emulated (qemu) — correctness only, not device timing.** The recipe: an aarch64
+*sysroot* (Debian arm64 ``.deb`` files unpacked: python3.11, glibc, libstdc++
 ...) and a *site* directory with the aarch64 wheels of apache-tvm, apache-tvm-ffi and
 numpy unpacked. :mod:`tvm_mcpruner.arm_emulation` runs TVM's RPC server from them under
 ``qemu-aarch64 -L <sysroot>``.
