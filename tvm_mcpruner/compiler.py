@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from tvm import relax
 from relay_passes import ApplyTuningDatabase, RewriteSparseConv2d, SparseLayerRecord, mcpruner_pipeline
 
 from .sparse_format import MIN_MAC_REDUCTION
+from . import targets
 from .targets import TargetPreset, get_preset, usable_cpu_ids
 from .tuning_log import (LogProvenance, RankedTuningView, find_tuning_log, log_provenance, open_tuning_log,
                          target_signature)
@@ -38,6 +40,11 @@ class CompiledModel:
     when it cannot (``cannot_run_here`` says why and how to run it: code for another CPU
     or for a runtime this TVM build lacks, such as OpenCL, is exported and run on its
     device over ``tvm.rpc``). Calling the model there raises that message.
+
+    Calling it from several threads at once is safe: calls take turns (one lock per
+    model). Each call already runs on all the preset's threads, so turns cost no
+    throughput, and TVM's VM keeps per-call state in one register file that two calls
+    at once would share.
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class CompiledModel:
         self.no_log_reason = no_log_reason
         self.device, self.cannot_run_here = _device_for(preset.tvm_target())
         self._vm = None
+        self._lock = threading.Lock()
 
     @property
     def vm(self) -> relax.VirtualMachine:
@@ -74,15 +82,17 @@ class CompiledModel:
         return self._vm
 
     def __call__(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
-        vm = self.vm  # first: says how to run code this process cannot
-        out = vm["main"](*[tvm.runtime.tensor(_as_numpy(x), self.device) for x in inputs])
-        return _to_numpy(out)
+        with self._lock:
+            vm = self.vm  # first: says how to run code this process cannot
+            out = vm["main"](*[tvm.runtime.tensor(_as_numpy(x), self.device) for x in inputs])
+            return _to_numpy(out)
 
     def time(self, *inputs: Any, number: int = 10, repeat: int = 5) -> list[float]:
         """Seconds per call, one entry per repeat (each the mean of ``number`` calls)."""
-        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        args = [tvm.runtime.tensor(_as_numpy(x), self.device) for x in inputs]
-        return list(timer(*args).results)
+        with self._lock:
+            timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+            args = [tvm.runtime.tensor(_as_numpy(x), self.device) for x in inputs]
+            return list(timer(*args).results)
 
     @property
     def num_sparse_layers(self) -> int:
@@ -121,12 +131,31 @@ def _device_for(target: tvm.target.Target) -> tuple[Any, str | None]:
         if triple and triple.split("-")[0] != here.split("-")[0]:
             return None, (f"built for {triple}, and this machine is {here}: {how}; "
                           "python -m tvm_mcpruner.arm_emulation runs aarch64 code under qemu")
+        missing = _missing_isa(target)
+        if missing:
+            return None, (f"built for {target.attrs.get('mcpu')}, whose code uses {', '.join(missing)}, which "
+                          f"this CPU lacks (running it would die of an illegal instruction): {how}, or "
+                          "compile for 'host'")
         return tvm.cpu(), None
     device = tvm.device(target.kind.name)
     if not device.exist:
         return None, (f"this TVM build or machine has no {target.kind.name} device (the apache-tvm wheel "
                       f"has no OpenCL runtime): {how}, with a TVM runtime built for it")
     return device, None
+
+
+# x86 ISA extensions by the names LLVM and /proc/cpuinfo share: code built for a CPU with
+# one of them may use it anywhere, so a host without it must not run that code.
+_CHECKED_ISA = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd")
+
+
+def _missing_isa(target: tvm.target.Target) -> list[str]:
+    """The extensions ``target``'s code may use that this CPU lacks (x86 only; [] elsewhere)."""
+    flags = targets.cpu_flags()
+    if not flags or not str(tvm.target.codegen.llvm_get_system_triple()).startswith("x86_64"):
+        return []
+    features = {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(target)}
+    return [isa for isa in _CHECKED_ISA if isa in features and isa not in flags]
 
 
 def set_tvm_threads(threads: int) -> None:

@@ -64,7 +64,8 @@ class TargetPreset:
         return tvm.target.Target(target, host=self.host)
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
@@ -137,7 +138,7 @@ def _forced_vector_width(mcpu: str, flags: set[str]) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _host_preset() -> TargetPreset:
-    flags = _cpu_flags()
+    flags = cpu_flags()
     forced = os.environ.get(HOST_CPU_ENV, "").strip()
     width = _forced_vector_width(forced, flags) if forced else _host_vector_width(flags)
     threads = usable_cpus()

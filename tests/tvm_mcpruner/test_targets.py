@@ -12,14 +12,14 @@ import tvm_mcpruner as mcp
 from tests._models import assert_close_to_exact, randomize_bn
 from tvm_mcpruner.models import get_model
 from tvm_mcpruner.sparse_format import pack_pattern_weights
-from tvm_mcpruner.targets import _cpu_flags, preset_for_tvm_target
+from tvm_mcpruner.targets import cpu_flags, preset_for_tvm_target
 
 # The ISA a preset's code needs from this machine to run here.
 NEEDS = {"x86-avx2": {"avx2", "fma"}, "x86-avx512": {"avx512f"}}
 
 
 def _runs_here(name: str) -> bool:
-    return NEEDS[name] <= _cpu_flags()
+    return NEEDS[name] <= cpu_flags()
 
 
 @pytest.mark.parametrize("name,width,register", [("x86-avx2", 8, "ymm"), ("x86-avx512", 16, "zmm")])
@@ -88,7 +88,7 @@ def test_a_host_cpu_this_machine_cannot_run_or_llvm_does_not_know_is_refused(hos
     host_cpu("no-such-cpu")
     with pytest.raises(ValueError, match="MCPRUNER_HOST_CPU='no-such-cpu' is not a CPU name LLVM knows"):
         mcp.get_preset("host")
-    monkeypatch.setattr(targets, "_cpu_flags", lambda: {"avx", "avx2", "fma"})  # an AVX2-only machine
+    monkeypatch.setattr(targets, "cpu_flags", lambda: {"avx", "avx2", "fma"})  # an AVX2-only machine
     host_cpu("znver4")
     with pytest.raises(ValueError, match="needs 16-lane vectors, but this CPU has 8"):
         mcp.get_preset("host")
@@ -104,3 +104,17 @@ def test_a_model_built_for_code_this_process_cannot_run_says_how_to_run_it(name,
     assert compiled.device is None and says in compiled.cannot_run_here
     with pytest.raises(RuntimeError, match="export_library"):
         compiled(x.numpy())
+
+
+def test_code_for_a_wider_cpu_than_this_one_is_refused_before_it_runs(monkeypatch):
+    from tvm_mcpruner import targets
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 8, 6, 6)
+    monkeypatch.setattr(targets, "cpu_flags", lambda: {"sse4_2", "avx", "avx2", "fma"})  # an AVX2-only machine
+    compiled = mcp.compile(mcp.from_torch(model, (x,)), target="x86-avx512", tuning_log=None)
+    assert compiled.device is None and "avx512f" in compiled.cannot_run_here
+    with pytest.raises(RuntimeError, match="avx512f.*this CPU lacks"):
+        compiled(x.numpy())
+    assert mcp.compile(mcp.from_torch(model, (x,)), target="x86-avx2", tuning_log=None).device is not None
