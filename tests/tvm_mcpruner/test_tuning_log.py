@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+import tvm
 
 from tvm_mcpruner import get_preset
 from tvm_mcpruner.tuning_log import (
@@ -26,10 +27,21 @@ HOST = {"kind": "llvm", "mcpu": "znver5", "num-cores": 2, "keys": ["cpu"], "tag"
 ARM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a73", "mattr": ["+neon"], "num-cores": 4}
 
 
+def workload_line(size: int) -> tuple[list[str], list]:
+    """A real MetaSchedule workload (``b = a + 1`` over ``size`` floats) and its arguments' JSON."""
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    a = te.placeholder((size,), name="a")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((size,), lambda i: a[i] + 1.0, name="b")])})
+    return [str(x) for x in ms.database.Workload(mod).as_json()], [["TENSOR", "float32", [size]]] * 2
+
+
 def write_log(directory, targets, workloads=1, extra_line=None):
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / WORKLOAD_FILE).write_text("".join(f'["{i}", "{{}}"]\n' for i in range(workloads)))
-    lines = [json.dumps([0, [[[], []], [1e-3], target, []]]) for target in targets]
+    lines = [workload_line(4 + i) for i in range(workloads)]
+    (directory / WORKLOAD_FILE).write_text("".join(json.dumps(line) + "\n" for line, _ in lines))
+    lines = [json.dumps([0, [[[], []], [1e-3], target, workload_line(4)[1]]]) for target in targets]
     if extra_line is not None:
         lines.append(extra_line)
     (directory / RECORD_FILE).write_text("\n".join(lines) + "\n")
@@ -49,7 +61,9 @@ def test_signature_ignores_keys_and_tags():
     ('[0, [[[], []], [1e-3], {"kind": "llvm"}', "not a JSON line"),  # cut off mid-write
     ('{"trace": 1}', "not a MetaSchedule tuning record"),
     (json.dumps([5, [[[], []], [1e-3], HOST, []]]), "refers to workload 5"),
-    (json.dumps([0, [[[], []], [1e-3], ARM, []]]), "one log folder holds one target"),
+    (json.dumps([0, [[[], []], [1e-3], ARM, [["TENSOR", "float32", [4]]] * 2]]), "one log folder holds one target"),
+    # timed on another kernel (what two unlocked writers produced): its arguments give it away
+    (json.dumps([0, [[[], []], [1e-3], HOST, [["TENSOR", "float32", [8]]] * 2]]), "are not those of workload 0"),
 ])
 def test_malformed_log_is_refused_by_line_and_left_untouched(tmp_path, bad, message):
     log = write_log(tmp_path / "log", [HOST], extra_line=bad)
@@ -234,8 +248,8 @@ def test_lookup_parses_only_the_log_it_applies_and_only_once(tmp_path, parses):
     assert parses == ["b-old-arm", "c-host"]  # nothing parsed twice
     # a changed log is validated again: an appended good line, then a cut-off one
     with open(host / RECORD_FILE, "a") as f:
-        f.write(json.dumps([1, [[[], []], [2e-3], HOST, []]]) + "\n")
-    (host / WORKLOAD_FILE).write_text('["0", "{}"]\n["1", "{}"]\n')
+        f.write(json.dumps([1, [[[], []], [2e-3], HOST, workload_line(5)[1]]]) + "\n")
+    (host / WORKLOAD_FILE).write_text("".join(json.dumps(workload_line(size)[0]) + "\n" for size in (4, 5)))
     assert log_target(host) == target_signature(HOST) and parses[-1] == "c-host" and len(parses) == 3
     with open(host / RECORD_FILE, "a") as f:
         f.write('[0, [[[], []], [1e-3], {"kind": "llv')
@@ -271,3 +285,43 @@ def test_compile_says_plainly_when_no_log_matches_and_defaults_are_used(tmp_path
     assert f"was measured for llvm {cpu}, " in line and "cores: default schedules" in line
     compiled = mcp.compile(mod, "x86-avx2", tuning_log=None)
     assert "not applied (tuning_log=None): default schedules" in compiled.summary()
+
+
+_WRITER = """
+import sys, time, tvm
+from tvm import s_tir, te
+from tvm.s_tir import meta_schedule as ms
+from tvm_mcpruner.tuning_log import open_tuning_log
+directory, size, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+a = te.placeholder((size,), name="a")
+mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((size,), lambda i: a[i] + 1.0, name="b")])})
+target = tvm.target.Target({"kind": "llvm", "mcpu": "znver5", "num-cores": 2})
+database = open_tuning_log(directory, target, create=True)
+while time.time() < start:  # both writers begin together
+    time.sleep(0.001)
+workload = database.commit_workload(mod)
+sch = s_tir.Schedule(mod)
+sch.get_sblock("b")
+args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+for i in range(40):
+    database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [1e-3 * size], target, args))
+"""
+
+
+def test_two_processes_tuning_into_one_folder_keep_every_record_with_its_workload(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    start = str(time.time() + 8)  # past both interpreters' start-up (TVM's import)
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(size), start])
+               for size in (4, 8)]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    database = open_tuning_log(tmp_path)  # validates: every record's arguments fit its workload
+    records = database.get_all_tuning_records()
+    from tvm.s_tir import meta_schedule as ms
+
+    sizes = sorted(int(ms.arg_info.ArgInfo.from_prim_func(r.workload.mod["main"])[0].shape[0]) for r in records)
+    assert sizes == [4] * 40 + [8] * 40  # the record's workload ...
+    assert all(float(r.run_secs[0]) == 1e-3 * int(r.args_info[0].shape[0]) for r in records)  # ... is the one timed
+    assert len((tmp_path / WORKLOAD_FILE).read_text().splitlines()) == 2

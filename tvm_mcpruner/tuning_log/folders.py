@@ -120,13 +120,15 @@ def _check_log(directory: Path) -> dict[str, Any] | None:
     """Validate both files line by line; returns the target signature of the records."""
     workloads = directory / WORKLOAD_FILE
     records = directory / RECORD_FILE
-    count = 0
+    entries: list[list[str]] = []
     if workloads.exists():
         for number, entry in _read_lines(workloads):
             if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
                 raise TuningLogError(f"{workloads}:{number}: not a MetaSchedule workload "
                                      "(expected [structural hash, IRModule JSON])")
-            count += 1
+            entries.append(entry)
+    count = len(entries)
+    arguments: dict[int, Any] = {}  # workload index -> its arguments, decoded when a record needs them
     signature = None
     if records.exists():
         for number, entry in _read_lines(records):
@@ -137,12 +139,42 @@ def _check_log(directory: Path) -> dict[str, Any] | None:
             if not 0 <= entry[0] < count:
                 raise TuningLogError(f"{records}:{number}: refers to workload {entry[0]}, but "
                                      f"{workloads.name} has {count}")
+            if len(entry[1]) > 3 and entry[1][3] is not None:
+                if entry[0] not in arguments:
+                    try:
+                        arguments[entry[0]] = _workload_arguments(entries[entry[0]])
+                    except Exception as exc:  # TVM's decoder raises its own error types
+                        raise TuningLogError(f"{workloads}:{entry[0] + 1}: its IRModule does not decode "
+                                             f"({type(exc).__name__})") from None
+                if entry[1][3] != arguments[entry[0]]:
+                    raise TuningLogError(f"{records}:{number}: its arguments {entry[1][3]} are not those of "
+                                         f"workload {entry[0]} ({arguments[entry[0]]}): the record was timed on "
+                                         "another kernel")
             found = target_signature(entry[1][2])
             signature = found if signature is None else signature
             if found != signature:  # signatures already: compared as they are, once per line
                 raise TuningLogError(f"{records}:{number}: measured for {found}, but earlier records were "
                                      f"for {signature}; one log folder holds one target")
     return signature
+
+
+def _workload_arguments(entry: list[str]) -> Any:
+    """The argument list (``[["TENSOR", dtype, shape], ...]``) of a workload line's ``main``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    mod = ms.database.Workload.from_json(entry).mod
+    return json.loads(json.dumps([info.as_json() for info in ms.arg_info.ArgInfo.from_prim_func(mod["main"])],
+                                 default=_plain_json))
+
+
+def _plain_json(value: Any) -> Any:
+    """``json.dumps`` fallback for TVM's strings, integers and arrays."""
+    if hasattr(value, "__len__") and not isinstance(value, (str, bytes)):
+        return list(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 # --------------------------------------------------------------------------- provenance
@@ -312,7 +344,11 @@ def log_target(directory: str | Path) -> dict[str, Any] | None:
 
 
 def open_tuning_log(directory: str | Path, target: Any = None, *, create: bool = False):
-    """The log in ``directory`` as a MetaSchedule ``JSONDatabase``, after checking it.
+    """The log in ``directory`` as a MetaSchedule database, after checking it.
+
+    The database reads like a ``JSONDatabase`` of the folder's files and appends to them
+    under an OS lock on the folder (:class:`.locked.LockedJSONDatabase`), so concurrent
+    tune runs on one folder keep every record with its own workload.
 
     Raises :class:`TuningLogError` when a line (of the records or of the provenance) is
     malformed, or when ``target`` is given and the log was measured for another one.
@@ -320,7 +356,7 @@ def open_tuning_log(directory: str | Path, target: Any = None, *, create: bool =
     log is an error. Whether the timings were emulated is not checked here: see
     :func:`log_provenance`.
     """
-    from tvm.s_tir import meta_schedule as ms
+    from .locked import LockedJSONDatabase  # imports TVM
 
     directory = Path(directory)
     if not create and not (directory / RECORD_FILE).exists():
@@ -334,8 +370,7 @@ def open_tuning_log(directory: str | Path, target: Any = None, *, create: bool =
             f"{wanted}; tune into another folder (--log) instead"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(str(directory / WORKLOAD_FILE), str(directory / RECORD_FILE),
-                                    allow_missing=True)
+    return LockedJSONDatabase(directory, WORKLOAD_FILE, RECORD_FILE)
 
 
 def find_tuning_log(target: Any, roots: Iterable[str | Path] | None = None) -> Path | None:
