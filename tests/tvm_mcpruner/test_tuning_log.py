@@ -61,6 +61,7 @@ def test_signature_ignores_keys_and_tags():
     ('[0, [[[], []], [1e-3], {"kind": "llvm"}', "not a JSON line"),  # cut off mid-write
     ('{"trace": 1}', "not a MetaSchedule tuning record"),
     (json.dumps([5, [[[], []], [1e-3], HOST, []]]), "refers to workload 5"),
+    ('[0, [[[], []], [NaN], {"kind": "llvm"}, []]]', "NaN is not a number JSON allows"),
     (json.dumps([0, [[[], []], [1e-3], ARM, [["TENSOR", "float32", [4]]] * 2]]), "one log folder holds one target"),
     # timed on another kernel (what two unlocked writers produced): its arguments give it away
     (json.dumps([0, [[[], []], [1e-3], HOST, [["TENSOR", "float32", [8]]] * 2]]), "are not those of workload 0"),
@@ -325,3 +326,16 @@ def test_two_processes_tuning_into_one_folder_keep_every_record_with_its_workloa
     assert sizes == [4] * 40 + [8] * 40  # the record's workload ...
     assert all(float(r.run_secs[0]) == 1e-3 * int(r.args_info[0].shape[0]) for r in records)  # ... is the one timed
     assert len((tmp_path / WORKLOAD_FILE).read_text().splitlines()) == 2
+
+
+def test_a_folder_with_a_non_utf8_byte_is_skipped_by_auto_and_named_by_path(tmp_path, caplog):
+    broken = write_log(tmp_path / "a-broken", [HOST])
+    append_provenance(broken, run_line(False))
+    with open(broken / PROVENANCE_FILE, "ab") as f:
+        f.write(b'{"runner": "local\xff"}\n')
+    good = write_log(tmp_path / "b-good", [HOST])
+    with caplog.at_level(logging.WARNING, logger="tvm_mcpruner"):
+        assert find_tuning_log(HOST, roots=[tmp_path]) == good
+    assert f"{broken}" in caplog.text
+    with pytest.raises(TuningLogError, match=rf"{PROVENANCE_FILE}:2: not a JSON line .'utf-8' codec"):
+        open_tuning_log(broken)

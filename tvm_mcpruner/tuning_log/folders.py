@@ -102,18 +102,25 @@ def _check_one_target(where: str, found: Any, found_is: str, earlier: Any, earli
 
 
 def _read_lines(path: Path) -> Iterable[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    """``(line number, value)`` of each JSON line; any undecodable line is a TuningLogError naming it."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
+                yield number, json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+            except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+                why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(":")[0]
                 raise TuningLogError(
-                    f"{path}:{number}: not a JSON line ({exc.msg}); a tuning run may have been "
+                    f"{path}:{number}: not a JSON line ({why}); a tuning run may have been "
                     "killed while writing it. The log was left as it is: move the file away "
                     "or delete that line by hand."
                 ) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN / Infinity are not JSON; TVM's own reader stops at them ("Cannot tokenize").
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _check_log(directory: Path) -> dict[str, Any] | None:
