@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 
@@ -15,8 +18,16 @@ from .train import TrainConfig
 
 __all__ = ["build_report", "prune"]
 
+def _real(value: object) -> float | None:
+    """``value`` as a float when it is a real number (numpy scalars too, bools not); else None."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
 def _check_fraction(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+    number = _real(value)
+    if number is None or not 0 < number <= 1:  # NaN fails the comparison too
         raise ValueError(f"{name} must be a fraction in (0, 1], got {value!r}")
 
 
@@ -27,6 +38,9 @@ def _check_args(
     """Fail early with a message naming the bad argument (the preset lookup names unknown targets)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("model is a TorchScript module (torch.jit): its layers cannot be masked; prune the "
+                        "eager nn.Module it was scripted from, then script the pruned one")
     if isinstance(pattern_k, bool) or not isinstance(pattern_k, int) or not 1 <= pattern_k <= 9:
         raise ValueError(f"pattern_k must be an int in 1..9 (taps kept of a 3x3 kernel), got {pattern_k!r}")
     _check_fraction("keep_kernels", keep_kernels)
@@ -160,8 +174,9 @@ def prune(
     lowest_keep_level(min_layer_keep)  # a bad value fails before any copy or training
     if not inplace:
         model = deepcopy_model(model)
-    if example_input is None and data is not None:
-        example_input = _first_images(data)[:1]
+    first = _first_images(data) if data is not None else None  # an empty data set fails here, clearly
+    if example_input is None and first is not None:
+        example_input = first[:1]
     plan = make_plan(model, preset, pattern_k, keep_kernels, num_patterns, min_in_channels, keep_pointwise,
                      keep_linear)
     if layer_keeps is not None:
@@ -178,7 +193,7 @@ def prune(
 def _check_schedule(schedule: str, ratio: float | None, data: Batches | None, epochs: int) -> None:
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 1):
+    if ratio is not None and not (_real(ratio) is not None and 1 <= _real(ratio) < math.inf):
         raise ValueError(f"ratio must be a number >= 1 (conv-MAC reduction), got {ratio!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
@@ -198,7 +213,10 @@ def _checked_layer_keeps(plan: PrunePlan, layer_keeps: dict[str, float]) -> dict
 
 
 def _first_images(data: Batches) -> torch.Tensor:
-    images, _ = next(iter(data))
+    batch = next(iter(data), None)
+    if batch is None:
+        raise ValueError("data holds no batch: give an iterable of (images, labels) batches, or data=None")
+    images, _ = batch
     return images
 
 

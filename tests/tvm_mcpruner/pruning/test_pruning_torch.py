@@ -131,6 +131,10 @@ def test_prune_on_top_of_torch_pruning_multiplies_masks():
         ({"num_patterns": 0}, "num_patterns"),
         ({"min_in_channels": 0}, "min_in_channels"),
         ({"target": "pixel9-npu"}, "unknown target preset 'pixel9-npu'"),
+        ({"keep_kernels": float("nan")}, "keep_kernels"),
+        ({"ratio": float("nan")}, "ratio must be a number >= 1"),
+        ({"ratio": float("inf")}, "ratio must be a number >= 1"),
+        ({"data": []}, "data holds no batch"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
@@ -141,6 +145,19 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 def test_non_module_raises_type_error():
     with pytest.raises(TypeError, match="nn.Module"):
         prune("resnet18")
+
+
+def test_a_torchscript_module_is_refused_naming_what_to_prune_instead():
+    scripted = torch.jit.script(build_model().eval())
+    with pytest.raises(TypeError, match="TorchScript module .* prune the eager nn.Module"):
+        prune(scripted)
+
+
+def test_numpy_scalars_are_numbers_too():
+    import numpy as np
+
+    _, report = prune(build_model(), target="hikey970-cpu", keep_kernels=np.float32(0.5))
+    assert report.keep_kernels == 0.5 and report.pruned_layers
 
 
 def test_no_tvm_import_in_pruning_package():
