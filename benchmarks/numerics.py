@@ -6,7 +6,8 @@ compiled model and torch fp32 are compared with the same model run in float64:
 
 - ``end_to_end``: the nets of ``tests/tvm_mcpruner/test_end_to_end.py`` (VGG-11,
   ResNet-18, MobileNetV2 on 32x32; pruned with ``keep_kernels=0.5``, BatchNorm
-  statistics calibrated on data), batch 1 and 4, two inputs each: max |ours - f64| and
+  statistics calibrated on data), imported through torch.export and through ONNX,
+  batch 1 and 4, two inputs each: max |ours - f64| and
   max |torch32 - f64|, both relative to max |f64|, and their ratio.
 - ``stages``: MobileNetV2 cut after each block of ``features``, each prefix compiled on
   its own: where along the net the error grows, for ours and for torch.
@@ -22,6 +23,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,16 +74,19 @@ def errors(model: nn.Module, compiled, x: torch.Tensor) -> dict:
     return row
 
 
-def end_to_end() -> list[dict]:
+def end_to_end(workdir: Path) -> list[dict]:
+    """Both import paths (torch.export and ONNX), batch 1 and 4, two inputs each."""
     rows = []
     for family in tqdm(NETS, desc="end to end"):
         model = pruned_net(family)
         for batch in (1, 4):
             gen = torch.Generator().manual_seed(batch * 1000 + SIZE)
             inputs = [torch.randn(batch, 3, SIZE, SIZE, generator=gen) for _ in range(2)]
-            compiled = mcp.compile(mcp.from_torch(model, (inputs[0],)), target="host", tuning_log=None)
-            for i, x in enumerate(inputs):
-                rows.append({"net": family, "batch": batch, "input": i, **errors(model, compiled, x)})
+            onnx_path = mcp.export_onnx(model, (inputs[0],), workdir / f"{family}_{batch}.onnx")
+            for path, mod in (("torch", mcp.from_torch(model, (inputs[0],))), ("onnx", mcp.from_onnx(onnx_path))):
+                compiled = mcp.compile(mod, target="host", tuning_log=None)
+                for i, x in enumerate(inputs):
+                    rows.append({"net": family, "path": path, "batch": batch, "input": i, **errors(model, compiled, x)})
     return rows
 
 
@@ -103,10 +108,11 @@ def markdown(result: dict) -> str:
              + (f", kernels built for {m['built_for_llvm_cpu']}" if "built_for_llvm_cpu" in m else "")
              + f", host preset {result['preset']})", "",
              "Errors are max |y - y_f64| / max |y_f64| over the output; ratio = ours / torch.", "",
-             "| net | batch | input | ours | torch fp32 | ratio | ours vs torch |", "|---|---|---|---|---|---|---|"]
+             "| net | import | batch | input | ours | torch fp32 | ratio | ours vs torch |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["end_to_end"]:
-        lines.append(f"| {r['net']} | {r['batch']} | {r['input']} | {r['ours']:.2e} | {r['torch']:.2e} "
-                     f"| {r['ratio']:.2f} | {r['ours_vs_torch']:.2e} |")
+        lines.append(f"| {r['net']} | {r.get('path', 'torch')} | {r['batch']} | {r['input']} | {r['ours']:.2e} "
+                     f"| {r['torch']:.2e} | {r['ratio']:.2f} | {r['ours_vs_torch']:.2e} |")
     ratios = [r["ratio"] for r in result["end_to_end"]]
     lines += ["", f"Ratio: median {statistics.median(ratios):.2f}, max {max(ratios):.2f}.", "",
               "## MobileNetV2 (width 0.5, 32x32), cut after each block of `features`", "",
@@ -122,8 +128,10 @@ def main() -> None:
     parser.add_argument("--no-stages", action="store_true", help="skip the per-block MobileNetV2 table")
     args = parser.parse_args()
     torch.set_num_threads(usable_cpus())
+    with tempfile.TemporaryDirectory(prefix="mcpruner-numerics-") as workdir:
+        rows = end_to_end(Path(workdir))
     result = {"machine": machine_info(), "preset": mcp.get_preset("host").description,
-              "end_to_end": end_to_end(), "stages": [] if args.no_stages else stages()}
+              "end_to_end": rows, "stages": [] if args.no_stages else stages()}
     cpu = result["machine"].get("built_for_llvm_cpu", result["machine"]["llvm_cpu"])
     stem = args.out / (f"numerics_{cpu}_on_{result['machine']['llvm_cpu']}"
                        if "built_for_llvm_cpu" in result["machine"] else f"numerics_{cpu}")

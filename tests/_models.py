@@ -162,8 +162,10 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, rel: float = 1e-4) ->
 
 # A compiled model's output may be this many times further from exact arithmetic than
 # torch's own fp32 output: both round in fp32, summing in different orders, so how far
-# either lands is set by the net's depth and conditioning, not by a fixed tolerance.
-FP32_ERROR_FACTOR = 4.0
+# either lands is set by the net's depth and conditioning, not by a fixed tolerance; the
+# ratio of two such errors on one input swings widely (benchmarks/numerics.py measures it),
+# and a wrong kernel misses by orders of magnitude more.
+FP32_ERROR_FACTOR = 8.0
 # ... measured from at least this error (relative to max|y|, ~8 float32 ulps), so a net
 # on which torch happens to be nearly exact does not demand exactness of us.
 FP32_ERROR_FLOOR = 1e-6

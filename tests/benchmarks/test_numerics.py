@@ -26,10 +26,10 @@ def test_errors_measure_both_programs_against_float64():
 
 
 def test_markdown_names_the_machine_and_every_row():
-    row = {"net": "vgg11", "batch": 1, "input": 0, "scale": 1.0, "ours": 2e-7, "torch": 1e-7, "ratio": 2.0,
+    row = {"net": "vgg11", "path": "onnx", "batch": 1, "input": 0, "scale": 1.0, "ours": 2e-7, "torch": 1e-7, "ratio": 2.0,
            "ours_vs_torch": 2e-7}
     text = numerics.markdown({"machine": {"llvm_cpu": "znver4", "built_for_llvm_cpu": "znver1"},
                               "preset": "host", "end_to_end": [row], "stages": [{"blocks": 1, "sparse_layers": 0,
                                                                                  **row}]})
-    assert "znver4" in text and "built for znver1" in text and "| vgg11 | 1 | 0 | 2.00e-07 | 1.00e-07 | 2.00 |" in text
+    assert "znver4" in text and "built for znver1" in text and "| vgg11 | onnx | 1 | 0 | 2.00e-07 | 1.00e-07 | 2.00 |" in text
     assert "median 2.00, max 2.00" in text
