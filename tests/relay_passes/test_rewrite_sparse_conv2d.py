@@ -90,29 +90,54 @@ def _padding4(padding):
     return p if len(p) == 4 else (p[0], p[1], p[0], p[1])
 
 
-def _sparse_call(bb, x, in_shape, weight, *, preset=HOST, bias=None, clip=None, stride=1, padding=1):
-    """What the pass emits for one conv, written out from the public kernel API.
+def _expected_operands(weight: np.ndarray, lanes: int, padded_h: int, padded_w: int):
+    """``values [G, E, V]`` and ``offsets [G, E]`` from the format's definition, written out here.
 
-    Adds the kernel's unscheduled compute (no global_symbol, op_pattern opaque) to ``bb`` and
-    returns ``R.call_tir(gv, (x, values, offsets[, bias]))``, ``x`` reshaped to
-    ``[N, C*H*W]`` first when the kernel reads its input directly (no padding).
+    Per group of ``lanes`` filters, the taps any of them keeps, channel by channel (ascending)
+    and in raster order within a kernel; each entry's weights are the group's lanes, its
+    offset the start of its input row in the zero-padded, flattened input:
+    ``(channel * padded_h + ky) * padded_w + kx``. Shorter groups end with zero entries at 0.
     """
-    o = weight.shape[0]
-    packed = pack_pattern_weights(weight, preset.vector_width)
-    row_channel, row_tap = packed.row_channels_and_taps()
-    kernel = topi_sparse.build_pattern_conv2d(
-        in_shape, weight.shape, packed.row_ptr, row_channel, row_tap, packed.values,
-        stride=stride, padding=_padding4(padding), family=preset.family,
-        with_bias=bias is not None, clip=clip,
-    )
-    prim = kernel.compute.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
-    gvar = bb.add_func(prim, "pattern_conv2d")
-    if kernel.input_shape != tuple(in_shape):
-        x = bb.emit(relax.op.reshape(x, kernel.input_shape))
-    args = [x, relax.const(kernel.values), relax.const(kernel.offsets)]
+    o, c, kh, kw = weight.shape
+    groups = -(-o // lanes)
+    padded = np.zeros((groups * lanes, c, kh, kw), np.float32)
+    padded[:o] = weight
+    entries = []
+    for g in range(groups):
+        block = padded[g * lanes:(g + 1) * lanes]
+        entries.append([(block[:, ch, ky, kx], (ch * padded_h + ky) * padded_w + kx)
+                        for ch in range(c) for ky in range(kh) for kx in range(kw) if block[:, ch, ky, kx].any()])
+    count = max(max(len(e) for e in entries), 1)
+    values = np.zeros((groups, count, lanes), np.float32)
+    offsets = np.zeros((groups, count), np.int32)
+    for g, group in enumerate(entries):
+        for e, (lane_values, offset) in enumerate(group):
+            values[g, e], offsets[g, e] = lane_values, offset
+    return values, offsets
+
+
+def _sparse_call(bb, x, in_shape, weight, *, preset=HOST, bias=None, clip=None, stride=1, padding=1):
+    """What the pass emits for one conv: the kernel's compute (``topi_sparse``'s definition of
+    what it computes, unscheduled, no global_symbol, op_pattern opaque) added to ``bb``, called
+    on operands built here from the format's definition (:func:`_expected_operands`), ``x``
+    reshaped to ``[N, C*H*W]`` first when the kernel reads its input directly (no padding).
+    """
+    n, c, h, w = in_shape
+    o, _, kh, kw = weight.shape
+    lanes = preset.vector_width
+    pad = _padding4(padding)
+    probe = topi_sparse.PatternConvShape(n, c, h, w, o, (kh, kw), stride, pad, lanes, 1)
+    tile_w = topi_sparse.family_module(preset.family).compute_tile_w(probe.out_width, lanes)
+    values, offsets = _expected_operands(weight, lanes, probe.padded_height(tile_w), probe.padded_width(tile_w))
+    shape = topi_sparse.PatternConvShape(n, c, h, w, o, (kh, kw), stride, pad, lanes, values.shape[1])
+    prim = topi_sparse.pattern_conv2d_compute(shape, tile_w, with_bias=bias is not None, clip=clip)
+    gvar = bb.add_func(prim.without_attr("global_symbol").with_attr("op_pattern", OPAQUE), "pattern_conv2d")
+    if shape.reads_input_directly(tile_w):
+        x = bb.emit(relax.op.reshape(x, (n, c * h * w)))
+    args = [x, relax.const(values), relax.const(offsets)]
     if bias is not None:
         args.append(relax.const(np.ascontiguousarray(bias.reshape(o))))
-    return relax.call_tir(gvar, args, relax.TensorType(kernel.output_shape, "float32"))
+    return relax.call_tir(gvar, args, relax.TensorType((n, o, shape.out_height, shape.out_width), "float32"))
 
 
 def _rewrite(mod: tvm.IRModule, target="host") -> tuple[tvm.IRModule, list[SparseLayerRecord]]:
