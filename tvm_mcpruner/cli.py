@@ -325,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"after the search, measure each kernel's {CONFIRM_CANDIDATES} fastest schedules and its "
                     "default this many more times (compile applies the best median; the default unless beaten "
                     f"by {CHOICE_MARGIN * 100:.0f}%%)")
-    tu.add_argument("--log", help="log folder (default autotune_logs/<device>)")
+    tu.add_argument("--log", help="log folder (default ./autotune_logs/<device>, under the current folder)")
     tu.add_argument("--tracker", help="HOST:PORT of a TVM RPC tracker (default: measure on this machine)")
     tu.add_argument("--key", help="device key on the tracker (e.g. hikey970)")
     tu.add_argument("--search", choices=("xgb", "random"), default="xgb")

@@ -48,6 +48,7 @@ import topi_sparse
 from relay_passes import RewriteSparseConv2d, to_tir_stage
 
 from . import rpc_farm
+from .rpc_tracker import parse_tracker
 from .targets import TargetPreset, get_preset, system_cpu_name, usable_cpus
 from .tuning_log import (CONFIRMED_RUNS, RECORD_FILE, RankedTuningView, append_provenance, default_log_dir,
                          open_tuning_log, rank_tuned_records, target_signature)
@@ -140,8 +141,8 @@ def tune(
 
     ``trials``: the measurement budget for this model's tasks, counting what ``log_dir``
     already holds for them (a repeated call resumes). ``log_dir`` defaults to
-    ``autotune_logs/<device>``. ``tracker`` ("HOST:PORT") and ``key`` measure on the RPC
-    servers registered there; without them, here. ``search`` is "xgb" (evolutionary
+    ``./autotune_logs/<device>`` under the current folder. ``tracker`` ("HOST:PORT") and
+    ``key`` measure on the RPC servers registered there; without them, here. ``search`` is "xgb" (evolutionary
     search guided by MetaSchedule's XGBoost cost model) or "random" (replayed random
     samples of the same spaces). ``sparse_only`` skips TVM's dense ops.
     ``threads`` sizes the thread pool of local measurements (default: the preset's).
@@ -160,12 +161,18 @@ def tune(
     (``rpc_farm.start_server(..., emulate_aarch64=True)``), else unknown (recorded as
     null; the log is still applied). ``emulated=False`` for such a key is refused.
     """
+    # Every argument is checked, and the tracker asked, before anything is written.
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    for name, value in (("trials", trials), ("trials_per_iter", trials_per_iter)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if (tracker is None) != (key is None) and not (tracker and get_preset(target).rpc_key):
         raise ValueError("give both tracker and key (or neither, to measure on this machine)")
     preset = get_preset(target)
     key = key or preset.rpc_key
+    if tracker is not None:  # unreachable: TrackerUnreachableError within seconds, nothing written
+        rpc_farm.tracker_summary(parse_tracker(tracker, loopback_only=False), timeout=5.0)
     emulated = _resolve_emulated(emulated, tracker, key)
     tvm_target = preset.tvm_target()
     if tvm_target.kind.name == "llvm":

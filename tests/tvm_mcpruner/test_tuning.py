@@ -198,3 +198,17 @@ def test_the_search_starts_from_current_schedules_only_and_writes_to_the_log():
     view.commit_tuning_record(ms.database.TuningRecord(current, entry, [9e-4], mcp.get_preset("host").tvm_target(),
                                                        seed.args_info))
     assert len(database.get_all_tuning_records()) == len(view) == 4  # written through, nothing dropped
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"trials": 0}, ValueError, "trials must be an int >= 1"),
+    ({"trials": -5}, ValueError, "trials must be an int >= 1"),
+    ({"tracker": "nohostport", "key": "k"}, ValueError, "tracker must be 'HOST:PORT'"),
+    ({"tracker": "127.0.0.1:1", "key": "k"}, rpc_farm.TrackerUnreachableError, "127.0.0.1"),
+])
+def test_bad_arguments_and_an_unreachable_tracker_fail_before_anything_is_written(tmp_path, kwargs, error, match):
+    mod, _, _ = pruned_layer()
+    start = time.perf_counter()
+    with pytest.raises(error, match=match):
+        mcp.tune(mod, "host", log_dir=tmp_path / "log", progress=False, **kwargs)
+    assert time.perf_counter() - start < 20 and not (tmp_path / "log").exists()

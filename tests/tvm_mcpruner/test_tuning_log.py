@@ -339,3 +339,10 @@ def test_a_folder_with_a_non_utf8_byte_is_skipped_by_auto_and_named_by_path(tmp_
     assert f"{broken}" in caplog.text
     with pytest.raises(TuningLogError, match=rf"{PROVENANCE_FILE}:2: not a JSON line .'utf-8' codec"):
         open_tuning_log(broken)
+
+
+def test_the_default_log_folder_is_under_the_current_folder_not_the_package(tmp_path, monkeypatch):
+    from tvm_mcpruner.tuning_log import default_log_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert default_log_dir(get_preset("hikey970-cpu")) == tmp_path / "autotune_logs" / "hikey970-cpu"

@@ -69,8 +69,10 @@ def device_name(preset) -> str:
 
 
 def default_log_dir(preset) -> Path:
-    """``<repo>/autotune_logs/<device_name>``."""
-    return REPO_LOG_ROOT / device_name(preset)
+    """``./autotune_logs/<device_name>``, under the current folder: a tune run writes where
+    the user works (in a checkout's root that is the repository's log), never into an
+    installed package; ``find_tuning_log`` looks there first."""
+    return Path.cwd() / "autotune_logs" / device_name(preset)
 
 
 def target_signature(target: Any) -> dict[str, Any]:
