@@ -142,9 +142,9 @@ def tune(
     ``trials``: the measurement budget for this model's tasks, counting what ``log_dir``
     already holds for them (a repeated call resumes). ``log_dir`` defaults to
     ``./autotune_logs/<device>`` under the current folder. ``tracker`` ("HOST:PORT") and
-    ``key`` measure on the RPC servers registered there; without them, here. ``search`` is "xgb" (evolutionary
-    search guided by MetaSchedule's XGBoost cost model) or "random" (replayed random
-    samples of the same spaces). ``sparse_only`` skips TVM's dense ops.
+    ``key`` measure on the RPC servers registered there; without them, here. ``search`` is
+    "xgb" (evolutionary search guided by MetaSchedule's XGBoost cost model) or "random"
+    (replayed random samples of the same spaces). ``sparse_only`` skips TVM's dense ops.
     ``threads`` sizes the thread pool of local measurements (default: the preset's).
 
     ``trials`` counts distinct schedules. When the search measured something new, each
