@@ -41,6 +41,11 @@ class CompiledModel:
     or for a runtime this TVM build lacks, such as OpenCL, is exported and run on its
     device over ``tvm.rpc``). Calling the model there raises that message.
 
+    Non-finite inputs: a pruned weight is absent, not a multiplication by zero, so a NaN
+    or Inf in the input reaches only the outputs that a *kept* weight connects it to (a
+    dense conv, or torch on the masked weights, spreads it through the zeros too: 0 * NaN
+    is NaN). ``cm(x, check_finite=True)`` refuses non-finite inputs instead.
+
     Calling it from several threads at once is safe: calls take turns (one lock per
     model). Each call already runs on all the preset's threads, so turns cost no
     throughput, and TVM's VM keeps per-call state in one register file that two calls
@@ -81,7 +86,11 @@ class CompiledModel:
             self._vm = relax.VirtualMachine(self.executable, self.device)
         return self._vm
 
-    def __call__(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+    def __call__(self, *inputs: Any, check_finite: bool = False) -> np.ndarray | tuple[np.ndarray, ...]:
+        if check_finite:
+            for i, x in enumerate(inputs):
+                if not np.isfinite(_as_numpy(x)).all():
+                    raise ValueError(f"input {i} holds NaN or Inf (check_finite=True)")
         with self._lock:
             vm = self.vm  # first: says how to run code this process cannot
             out = vm["main"](*[tvm.runtime.tensor(_as_numpy(x), self.device) for x in inputs])
