@@ -236,10 +236,11 @@ def _cmd_tracker(args: argparse.Namespace) -> int:
         return 2
     print(f"TVM RPC tracker on {args.host}:{tracker.port} (log {tracker.log_path}); Ctrl-C stops it.\n"
           f"A board joins with:   {rpc_farm.board_join_command(f'HOST:{tracker.port}')}"
-          "   (HOST: this machine's address on the board's network)\n"
+          "   (HOST: this machine's address on the board's network, BOARD: the board's)\n"
           f"A local stand-in:     mcpruner server --tracker {tracker.address} --key {rpc_farm.BOARD_KEY}"
           + ("" if args.host != "127.0.0.1" else
-             "\n(listening on 127.0.0.1 only: use --host 0.0.0.0 for boards on a trusted network)"),
+             "\n(listening on 127.0.0.1 only: for boards on a trusted network use --host <this machine's address "
+             "there>; an RPC server runs whatever code it is sent)"),
           flush=True)
     return rpc_farm.run_in_foreground(tracker)
 
@@ -349,7 +350,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tracker", help=f"run a TVM RPC tracker for tuning (foreground); {join}",
                        description=f"Run a TVM RPC tracker until Ctrl-C; {join}.")
     t.add_argument("--port", type=int, default=9190)
-    t.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: boards on a trusted network)")
+    t.add_argument("--host", default="127.0.0.1", help="listen address (this machine's address on a trusted network, for boards there: an "
+                        "RPC server runs whatever code it is sent)")
     t.set_defaults(func=_cmd_tracker)
     s = sub.add_parser("server", help="run a TVM RPC server on 127.0.0.1 joined to a tracker (foreground)",
                        description=f"A local stand-in for a board until Ctrl-C; a real board runs TVM's "

@@ -49,7 +49,7 @@ class TrackerUnreachableError(RPCFarmError, ConnectionError):
 
 def board_join_command(tracker: str = f"HOST:{DEFAULT_TRACKER_PORT}", key: str = BOARD_KEY) -> str:
     """The one line a board runs to join the farm (TVM's own server; nothing of ours on the board)."""
-    return f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key}"
+    return f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key} --host BOARD"
 
 
 # --------------------------------------------------------------------------- addresses

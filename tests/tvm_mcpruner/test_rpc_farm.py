@@ -143,7 +143,8 @@ def test_tracker_wire_constants_are_tvms():
 
 
 def test_board_join_command_is_tvms_own_server():
-    assert rpc_farm.board_join_command() == "python -m tvm.exec.rpc_server --tracker HOST:9190 --key hikey970"
+    assert rpc_farm.board_join_command() == ("python -m tvm.exec.rpc_server --tracker HOST:9190 --key hikey970 "
+                                             "--host BOARD")  # bound to one interface, not 0.0.0.0
 
 
 # ---------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def test_cli_tracker_and_server_run_until_terminated(farm):
     server, server_out = _cli("server", "--tracker", farm_tracker.address, "--key", "cli-test")
     try:
         text = tracker_out.wait_for("mcpruner server --tracker")
-        assert f"python -m tvm.exec.rpc_server --tracker HOST:{port} --key hikey970" in text
+        assert f"python -m tvm.exec.rpc_server --tracker HOST:{port} --key hikey970 --host BOARD" in text
         assert rpc_farm.tracker_summary(f"127.0.0.1:{port}")["server_info"] == []
         assert _terminate(tracker) == 0
         with pytest.raises(TrackerUnreachableError):  # the CLI stopped the tracker it started
