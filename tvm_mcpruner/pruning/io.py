@@ -49,35 +49,75 @@ def save_pruned(model: nn.Module, path: str | Path, meta: JsonDict | None = None
 
 
 def read_pruned(path: str | Path) -> tuple[dict[str, torch.Tensor], JsonDict]:
-    """The saved ``(state_dict, meta)`` of ``path``, without building a model."""
+    """The saved ``(state_dict, meta)`` of ``path``, without building a model.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for
+    one that :func:`save_pruned` did not write (empty, truncated, another format).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pruned model file {path} not found")
-    if _is_safetensors(path):
-        from safetensors import safe_open
+    try:
+        if _is_safetensors(path):
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("mcpruner", "{}"))
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or "state_dict" not in saved:
-        raise ValueError(f"{path} was not written by save_pruned (no 'state_dict' entry)")
-    return saved["state_dict"], json.loads(saved.get("meta", "{}"))
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("mcpruner", "{}"))
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        else:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(saved, dict) or "state_dict" not in saved:
+                raise ValueError("no 'state_dict' entry")
+            state, meta = saved["state_dict"], json.loads(saved.get("meta", "{}"))
+    except Exception as exc:  # torch.load and safetensors raise many kinds for a bad file
+        raise ValueError(f"{path} was not written by save_pruned "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if not isinstance(meta, dict) or not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: its metadata is not a JSON object, or its state is not tensors by name")
+    return state, meta
 
 
 def load_pruned(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, JsonDict]:
     """Load a file written by :func:`save_pruned` into ``model`` (masks re-created).
 
     Without ``model`` the architecture is rebuilt from ``meta["model"]`` and
-    ``meta["model_kwargs"]`` with :func:`tvm_mcpruner.models.get_model`.
-    Returns ``(model in eval mode, meta)``.
+    ``meta["model_kwargs"]`` with :func:`tvm_mcpruner.models.get_model`, after checking,
+    on a model built without memory (``torch.device("meta")``), that its tensors have the
+    saved shapes: a file whose metadata asks for another (larger) model is refused before
+    anything is allocated. Returns ``(model in eval mode, meta)``.
     """
     state, meta = read_pruned(path)
     if model is None:
-        if "model" not in meta:
-            raise ValueError(f"{path} does not name its model (meta has no 'model'); pass model=")
-        from ..models import get_model
-
-        model = get_model(meta["model"], **meta.get("model_kwargs", {}))
+        model = _model_from_meta(Path(path), meta, state)
     load_pruned_state_dict(model, state)
     return model.eval(), meta
+
+
+def _model_from_meta(path: Path, meta: JsonDict, state: dict[str, torch.Tensor]) -> nn.Module:
+    from ..models import get_model
+
+    name, kwargs = meta.get("model"), meta.get("model_kwargs", {})
+    if not isinstance(name, str):
+        raise ValueError(f"{path} does not name its model (meta has no 'model'); pass model=")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{path}: meta['model_kwargs'] must be a JSON object, got {kwargs!r}")
+    try:
+        with torch.device("meta"):
+            skeleton = get_model(name, **kwargs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: its metadata names a model that cannot be built ({name!r}, {kwargs}): "
+                         f"{exc}") from None
+    for key, tensor in skeleton.state_dict().items():
+        saved = state.get(key, state.get(_orig_name(key)))
+        if saved is None or tuple(saved.shape) != tuple(tensor.shape):
+            found = "missing" if saved is None else f"saved as {tuple(saved.shape)}"
+            raise ValueError(f"{path}: its metadata describes a model whose {key} is {tuple(tensor.shape)}, "
+                             f"but that tensor is {found}; the file and its metadata disagree")
+    return get_model(name, **kwargs)
+
+
+def _orig_name(key: str) -> str:
+    """``a.weight`` -> ``a.weight_orig``: how a pruned tensor is saved."""
+    module, _, tensor = key.rpartition(".")
+    return f"{module}.{tensor}_orig" if module else f"{tensor}_orig"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -436,3 +438,27 @@ def test_channels_last_fit_matches_the_contiguous_fit():
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
         assert b.is_contiguous()
+
+
+def test_load_names_the_file_of_an_empty_truncated_or_inconsistent_save(tmp_path):
+    import time
+
+    good = save_pruned(small_net(), tmp_path / "good.pt", meta={"model": "vgg11_small"})
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:100])
+    for name in ("empty.pt", "cut.pt"):
+        with pytest.raises(ValueError, match=f"{name} was not written by save_pruned"):
+            load_pruned(tmp_path / name)
+    torch.save({"state_dict": {}, "meta": "{not json"}, tmp_path / "badmeta.pt")
+    with pytest.raises(ValueError, match="badmeta.pt was not written by save_pruned"):
+        load_pruned(tmp_path / "badmeta.pt")
+    # ~100 bytes whose metadata asks for a 64x-wide ResNet-18 (gigabytes): refused unbuilt
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)},
+                "meta": json.dumps({"model": "resnet18", "model_kwargs": {"width": 64}})}, tmp_path / "bomb.pt")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="bomb.pt: its metadata describes a model whose .* disagree"):
+        load_pruned(tmp_path / "bomb.pt")
+    assert time.perf_counter() - start < 10
+    torch.save({"state_dict": {}, "meta": json.dumps({"model": "no-such-net"})}, tmp_path / "unknown.pt")
+    with pytest.raises(ValueError, match="unknown.pt: its metadata names a model that cannot be built"):
+        load_pruned(tmp_path / "unknown.pt")
