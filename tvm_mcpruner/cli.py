@@ -16,9 +16,19 @@ def _shape(text: str) -> tuple[int, ...]:
         dims = tuple(int(d) for d in text.replace("x", ",").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad shape {text!r}: use e.g. 1,3,224,224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise argparse.ArgumentTypeError(f"bad shape {text!r}: dimensions must be positive")
+    if len(dims) != 4 or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: four positive dimensions N,C,H,W, e.g. 1,3,224,224")
     return dims
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
+    return value
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -27,7 +37,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet18",
                    help=f"one of {', '.join(model_names())} (prune: also a .pt from mcp.save_pruned)")
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=_positive_int, default=1000)
     p.add_argument("--input-shape", type=_shape, default=(1, 3, 224, 224), help="N,C,H,W")
     p.add_argument("--seed", type=int, default=0)
 
@@ -135,6 +145,8 @@ def _model_module(args: argparse.Namespace):
     from .frontend import from_onnx, from_torch
     from .pruning import prune
 
+    if args.onnx and args.weights:
+        raise ValueError("give --onnx or --weights, not both: an ONNX file carries its own weights")
     if args.onnx:
         mod = from_onnx(args.onnx, {args.input_name: list(args.input_shape)} if args.input_name else None)
     else:
@@ -152,6 +164,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile as mcp_compile
 
     log = None if args.tuning_log == "none" else args.tuning_log
+    if args.out:  # before the compile, not after it: the folder must be there to link into
+        Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
     cm = mcp_compile(_model_module(args), target=args.target, tuning_log=log)
     print(cm.summary())
     if args.out:

@@ -219,6 +219,8 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     if not isinstance(mod, tvm.IRModule) or "main" not in [g.name_hint for g in mod.get_global_vars()]:
         raise TypeError("mcp.compile expects a Relax IRModule with a 'main' function "
                         "(use mcp.from_torch or mcp.from_onnx)")
+    if tuning_log is not None and tuning_log != "auto" and not str(tuning_log).strip():
+        raise ValueError("tuning_log is empty: give 'auto', a log folder, or None for default schedules")
     preset = get_preset(target)
     tvm_target = preset.tvm_target()
     log_dir = find_tuning_log(tvm_target) if tuning_log == "auto" else tuning_log

@@ -46,6 +46,11 @@ _ONNX_OPSET = 17
 
 def _prepare(model: nn.Module) -> nn.Module:
     """A baked deep copy in eval mode: the caller's model is never changed."""
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in [*model.parameters(), *model.buffers()]
+                     if t.is_floating_point()} - {"float32"})
+    if dtypes:  # the sparse kernels and the BatchNorm fold are float32
+        raise TypeError(f"the model has {', '.join(dtypes)} parameters; only float32 is supported: "
+                        "convert it with model.float() first")
     return bake(model).eval()
 
 
@@ -222,7 +227,10 @@ def _import_onnx(model: Any, shapes: dict[str, list[int]]) -> IRModule:
     """
     opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     importer = _clip_aware_importer_cls()(shapes, "float32", keep_params_in_input=False)
-    return importer.from_onnx(model.graph, opset)
+    try:
+        return importer.from_onnx(model.graph, opset)
+    except tvm.error.OpNotImplemented as exc:  # TVM's message names the operator
+        raise ValueError(f"the ONNX model uses an operator TVM's importer does not support: {exc}") from None
 
 
 @functools.lru_cache(maxsize=None)
