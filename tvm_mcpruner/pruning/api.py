@@ -174,9 +174,8 @@ def prune(
     lowest_keep_level(min_layer_keep)  # a bad value fails before any copy or training
     if not inplace:
         model = deepcopy_model(model)
-    first = _first_images(data) if data is not None else None  # an empty data set fails here, clearly
-    if example_input is None and first is not None:
-        example_input = first[:1]
+    if example_input is None and data is not None:  # only then: each iter() of a shuffling loader draws
+        example_input = _first_images(data)[:1]
     plan = make_plan(model, preset, pattern_k, keep_kernels, num_patterns, min_in_channels, keep_pointwise,
                      keep_linear)
     if layer_keeps is not None:

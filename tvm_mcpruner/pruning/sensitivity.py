@@ -128,7 +128,9 @@ def allocate_keeps(
         raise ValueError(
             f"ratio {ratio:g} is out of reach: keeping {KEEP_LEVELS[floor]:g} of every prunable layer's "
             f"kernels gives {dense / max(lowest, 1):.2f}x (dense layers: {fixed / dense:.1%} of the MACs)")
-    batch = next(iter(data)) if data is not None else None
+    batch = next(iter(data), None) if data is not None else None
+    if data is not None and batch is None:
+        raise ValueError("data holds no batch: give an iterable of (images, labels) batches, or data=None")
     table = sensitivity_table(model, plan, batch)
     total = fixed + sum(layer_macs(name, 0) for name in level)
     while total > budget:
