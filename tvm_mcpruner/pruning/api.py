@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..sparse_format import MIN_MAC_REDUCTION
 from ..targets import TargetPreset, get_preset
 from .masks import deepcopy_model, kept_kernel_count
 from .plan import ExampleInput, PrunePlan, as_conv_weight, conv_output_pixels, kernel_taps, make_plan
@@ -61,19 +63,38 @@ def build_report(plan: PrunePlan, pattern_ids: dict[str, torch.Tensor], pattern_
     usage = torch.zeros(len(plan.library), dtype=torch.int64)
     for name, layer in plan.layers.items():
         if name not in pattern_ids:
-            layers.append(dense_layer_report(name, layer.weight, plan.reasons[name] or "left dense"))
+            layers.append(_unchanged_layer_report(plan, name, layer))
             continue
         ids = pattern_ids[name]
         if kernel_taps(layer) == 9:
             usage += torch.bincount(ids[ids >= 0], minlength=len(plan.library))
-        kept = kept_kernel_count(as_conv_weight(layer.weight).shape[1], plan.keeps[name])
-        layers.append(pruned_layer_report(name, layer.weight, plan.packed(name, layer.weight), ids, kept))
+        packed = plan.packed(name, layer.weight)
+        # the channels the weights keep: fewer than this run's keep when a mask was already there
+        kept = min(kept_kernel_count(as_conv_weight(layer.weight).shape[1], plan.keeps[name]),
+                   int(np.diff(packed.group_ptr).max(initial=0)))
+        layers.append(pruned_layer_report(name, layer.weight, packed, ids, kept))
     return PruneReport(
         target=plan.preset.name, vector_width=plan.lanes, pattern_k=pattern_k, keep_kernels=float(keep_kernels),
         num_patterns=num_patterns,
         library=tuple(tuple(int(t) for t in row.nonzero().flatten().tolist()) for row in plan.library),
         layers=layers, library_usage=tuple(int(n) for n in usage.tolist()),
     )
+
+
+def _unchanged_layer_report(plan: PrunePlan, name: str, layer: nn.Module) -> LayerReport:
+    """A layer this run left as it was: dense, unless an earlier pruning left it aligned
+    sparsity that the compiler will run sparse (its weights say so, as they tell the pass)."""
+    reason = plan.reasons[name] or "left dense"
+    weight = layer.weight
+    if getattr(layer, "groups", 1) != 1 or kernel_taps(layer) not in (1, 9) or not bool((weight == 0).any()):
+        return dense_layer_report(name, weight, reason)
+    packed = plan.packed(name, weight)
+    if packed.mac_reduction < MIN_MAC_REDUCTION:
+        return dense_layer_report(name, weight, reason)
+    ids = torch.full((packed.num_groups, as_conv_weight(weight).shape[1]), -1)
+    report = pruned_layer_report(name, weight, packed, ids, int(np.diff(packed.group_ptr).max(initial=0)))
+    report.reason = f"{reason}, but it was pruned before: {report.reason}"
+    return report
 
 
 def prune(

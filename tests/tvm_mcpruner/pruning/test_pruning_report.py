@@ -127,3 +127,18 @@ def test_model_without_eligible_convs():
     pruned, report = prune(model)
     assert not report.pruned_layers and report.library == () and report.mac_reduction == 1.0
     assert "empty" in str(report)
+
+
+def test_pruning_twice_reports_what_the_weights_keep():
+    """A second prune with keep 1 leaves the first's masks: its report says so, with the
+    counts the compiler will see, not 'dense 1.00x' or 'all channels kept'."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
+    once, first = prune(model, target="hikey970-cpu", keep_kernels=0.5)
+    _, again = prune(once, target="hikey970-cpu", keep_kernels=1.0)
+    pointwise, conv = again.layers
+    assert pointwise.pruned and pointwise.mac_reduction == first.layers[0].mac_reduction == 2.0
+    assert "keep_pointwise=1" in pointwise.reason and "pruned before: 8/16 channels kept" in pointwise.reason
+    assert conv.pruned and conv.reason.startswith("16/32 channels kept")
+    _, fresh = prune(model, target="hikey970-cpu", keep_kernels=1.0)  # never pruned: dense it stays
+    assert not fresh.layers[0].pruned and fresh.layers[0].mac_reduction == 1.0
