@@ -35,10 +35,9 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import tvm_mcpruner as mcp  # noqa: E402
-from tests._models import randomize_bn  # noqa: E402  (the calibrated BatchNorm of the end-to-end tests)
+from tests._models import exact_output, randomize_bn, torch_output  # noqa: E402  (the end-to-end tests' own)
 from tvm_mcpruner.benchmark import machine_info  # noqa: E402
 from tvm_mcpruner.models import get_model  # noqa: E402
-from tvm_mcpruner.pruning.masks import deepcopy_model  # noqa: E402
 from tvm_mcpruner.targets import usable_cpus  # noqa: E402
 
 NETS = {
@@ -61,9 +60,8 @@ def pruned_net(family: str) -> nn.Module:
 
 def errors(model: nn.Module, compiled, x: torch.Tensor) -> dict:
     """Max abs errors of ours and of torch fp32 against float64, relative to max |f64|."""
-    with torch.no_grad():
-        exact = deepcopy_model(model).double().eval()(x.double()).numpy()
-        torch32 = model.eval()(x).numpy().astype(np.float64)
+    exact = exact_output(model, x)
+    torch32 = torch_output(model, x).astype(np.float64)
     ours = np.asarray(compiled(x.numpy()), np.float64)
     scale = float(np.abs(exact).max())
     row = {"scale": scale,

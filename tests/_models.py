@@ -27,6 +27,7 @@ __all__ = [
     "aligned_pattern_weight",
     "assert_close",
     "assert_close_to_exact",
+    "exact_output",
     "assert_input_sensitive",
     "nonzero_values",
     "randomize_bn",
@@ -171,6 +172,15 @@ FP32_ERROR_FACTOR = 8.0
 FP32_ERROR_FLOOR = 1e-6
 
 
+def exact_output(model: nn.Module, x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``model(x)`` computed in float64 on a copy (masked models too): the reference both our
+    output and torch's fp32 output are measured against."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    with torch.no_grad():
+        return deepcopy_model(model).double().eval()(x.double()).numpy()
+
+
 def assert_close_to_exact(actual: np.ndarray, model: nn.Module, x: torch.Tensor | np.ndarray,
                           factor: float = FP32_ERROR_FACTOR) -> None:
     """``actual`` (our output for ``model(x)``) is within ``factor`` times torch fp32's error.
@@ -178,10 +188,7 @@ def assert_close_to_exact(actual: np.ndarray, model: nn.Module, x: torch.Tensor 
     Both errors are max abs differences from ``model`` run in float64 on the same input;
     torch's is taken as at least ``FP32_ERROR_FLOOR * max|y|``. The message gives both.
     """
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    with torch.no_grad():
-        exact = deepcopy_model(model).double().eval()(x.double()).numpy()
+    exact = exact_output(model, x)
     fp32 = torch_output(model, x).astype(np.float64)
     actual = np.asarray(actual, np.float64)
     assert actual.shape == exact.shape, f"shape {actual.shape} != {exact.shape}"

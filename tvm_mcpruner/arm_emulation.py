@@ -294,8 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m tvm_mcpruner.arm_emulation",
         description=f"aarch64 (HiKey970 CPU class) under qemu-user over TVM RPC: {LABEL}.")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("setup", help="build the cache (sysroot, aarch64 wheels) and check it")
-    commands.add_parser("status", help="say whether the emulation is ready (exit code 1 if not)")
+    arm_sysroot.add_cache_commands(commands)
     serve = commands.add_parser("server", help="run an emulated RPC server on 127.0.0.1 until killed")
     serve.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     serve.add_argument("--tracker", default=None, help="loopback tracker HOST:PORT to register with")

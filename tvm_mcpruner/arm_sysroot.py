@@ -299,14 +299,18 @@ def _check_cross_link() -> None:
 # --------------------------------------------------------------------------- CLI
 
 
+def add_cache_commands(commands: Any) -> None:
+    """The ``setup`` and ``status`` subcommands, for this module's CLI and ``arm_emulation``'s."""
+    commands.add_parser("setup", help="build the cache (sysroot, aarch64 wheels) and check it")
+    commands.add_parser("status", help="say whether the emulation is ready (exit code 1 if not)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``setup`` (build the cache, then describe it) or ``status``; exit code 0 when ready."""
     parser = argparse.ArgumentParser(
         prog="python tvm_mcpruner/arm_sysroot.py",
         description=f"The aarch64 emulation's cache (sysroot, aarch64 wheels): {LABEL}.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("setup", help="build the cache (sysroot, aarch64 wheels) and check it")
-    commands.add_parser("status", help="say whether the emulation is ready (exit code 1 if not)")
+    add_cache_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         if args.command == "setup":
