@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import sys
 from pathlib import Path
 
@@ -28,6 +29,16 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 0")
     return value
 
 
@@ -59,10 +70,23 @@ def _builtin_model(args: argparse.Namespace, kwargs: dict[str, int]):
 
     from .models import get_model
 
+    _refuse_path_as_model(args.model)
     torch.manual_seed(args.seed)
     if args.width != 1.0:
         kwargs = {**kwargs, "width": args.width}
     return get_model(args.model, **kwargs), kwargs
+
+
+def _refuse_path_as_model(name: str) -> None:
+    """``--model`` names a built-in model; a file there is a mix-up with ``--onnx`` / ``--weights``."""
+    if name.endswith(".onnx"):
+        raise ValueError(f"--model takes a built-in model name; for the ONNX file {name} use --onnx {name}")
+    if name.endswith((".pt", ".pth", ".safetensors")):
+        raise ValueError(f"--model takes a built-in model name here; for the saved model {name} use --weights "
+                         f"{name} (written by 'mcpruner prune --out' or mcp.save_pruned)")
+    if "/" in name or Path(name).exists():
+        raise ValueError(f"--model takes a built-in model name, not a path ({name}): give an ONNX file with "
+                         "--onnx, a pruned torch model with --weights")
 
 
 def _build_model(args: argparse.Namespace):
@@ -181,10 +205,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .tuning import tune
+    from .tuning import check_tune_arguments, tune
 
     if args.tracker and not args.key:
         raise ValueError("--tracker needs --key (the key the board's RPC server registered with)")
+    # Refused in seconds, before the model is pruned and lowered (which takes minutes).
+    check_tune_arguments(args.target, trials=args.trials, tracker=args.tracker, key=args.key,
+                         search=args.search, confirm_rounds=args.confirm_rounds)
     report = tune(_model_module(args), args.target, trials=args.trials, log_dir=args.log,
                   tracker=args.tracker, key=args.key, search=args.search, sparse_only=args.sparse_only,
                   emulated=args.emulated, confirm_rounds=args.confirm_rounds)
@@ -203,19 +230,39 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 def _load_weights(args: argparse.Namespace):
     """A file from ``mcpruner prune --out`` / ``mcp.save_pruned`` (rebuilt from its meta when it
     names its model), or a bare pruned state_dict (loaded into the --model built here)."""
+    from .pruning import load_pruned_state_dict
+    from .pruning.io import _model_from_meta, read_pruned
+
+    path = Path(args.weights)
+    try:
+        state, meta = read_pruned(path)
+    except ValueError as not_saved_pruned:
+        state, meta = _plain_state_dict(path, not_saved_pruned), {}
+    model = _model_from_meta(path, meta, state) if meta.get("model") else _build_model(args)
+    try:  # re-creates the pruning reparametrization, then loads the saved masks + weights
+        return load_pruned_state_dict(model, state).eval()
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"--weights {path} does not fit the model it is loaded into "
+                         f"({type(model).__name__}): {str(exc).splitlines()[0][:300]}") from None
+
+
+def _plain_state_dict(path: Path, not_saved_pruned: ValueError) -> dict:
+    """``path`` read as a torch state_dict (tensors by name); a clear error for anything else."""
     import torch
 
-    from .models import get_model
-    from .pruning import load_pruned_state_dict
-    from .pruning.io import read_pruned
-
     try:
-        state, meta = read_pruned(args.weights)
-    except ValueError:  # not save_pruned's layout: a plain state_dict
-        state, meta = torch.load(args.weights, map_location="cpu", weights_only=True), {}
-    model = get_model(meta["model"], **meta.get("model_kwargs", {})) if meta.get("model") else _build_model(args)
-    # Re-create the pruning reparametrization, then load the saved masks + weights.
-    return load_pruned_state_dict(model, state).eval()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many kinds for a file that is not its format
+        # torch's own text for a refused pickle advises weights_only=False, which would run
+        # the file's code: that advice is not passed on.
+        why = ("torch.load(weights_only=True) refused it" if isinstance(exc, pickle.UnpicklingError)
+               else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'unreadable'}")
+        raise ValueError(f"--weights {path} is neither a file written by 'mcpruner prune --out' / "
+                         f"mcp.save_pruned nor a torch state_dict ({why})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"--weights {path}: a torch file, but not a state_dict (tensors by name); "
+                         f"{not_saved_pruned}")
+    return state
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -330,13 +377,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_args(tu)
     _add_prune_args(tu)
     _add_source_args(tu)
-    tu.add_argument("--trials", type=int, default=200,
+    tu.add_argument("--trials", type=_positive_int, default=200,
                     help="distinct schedules to measure (counting what the log holds)")
     from tvm_mcpruner.tuning_log import CHOICE_MARGIN
 
     from .tuning import CONFIRM_CANDIDATES, CONFIRM_ROUNDS
 
-    tu.add_argument("--confirm-rounds", type=int, default=CONFIRM_ROUNDS,
+    tu.add_argument("--confirm-rounds", type=_count, default=CONFIRM_ROUNDS,
                     help=f"after the search, measure each kernel's {CONFIRM_CANDIDATES} fastest schedules and its "
                     "default this many more times (compile applies the best median; the default unless beaten "
                     f"by {CHOICE_MARGIN * 100:.0f}%%)")
@@ -385,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
+    except (ValueError, FileNotFoundError, TypeError, ConnectionError) as err:
         print(f"mcpruner {args.command}: error: {err}", file=sys.stderr)
         return 2
 

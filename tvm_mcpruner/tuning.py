@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -162,34 +163,27 @@ def tune(
     null; the log is still applied). ``emulated=False`` for such a key is refused.
     """
     # Every argument is checked, and the tracker asked, before anything is written.
-    if search not in SEARCHES:
-        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
-    for name, value in (("trials", trials), ("trials_per_iter", trials_per_iter)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if (tracker is None) != (key is None) and not (tracker and get_preset(target).rpc_key):
-        raise ValueError("give both tracker and key (or neither, to measure on this machine)")
-    preset = get_preset(target)
-    key = key or preset.rpc_key
-    if tracker is not None:  # unreachable: TrackerUnreachableError within seconds, nothing written
-        rpc_farm.tracker_summary(parse_tracker(tracker, loopback_only=False), timeout=5.0)
+    preset, key = check_tune_arguments(target, trials=trials, tracker=tracker, key=key, search=search,
+                                       trials_per_iter=trials_per_iter, confirm_rounds=confirm_rounds)
     emulated = _resolve_emulated(emulated, tracker, key)
     tvm_target = preset.tvm_target()
     if tvm_target.kind.name == "llvm":
         _skip_cuda_tensor_intrinsics()
     log_dir = Path(log_dir) if log_dir is not None else default_log_dir(preset)
-    database = open_tuning_log(log_dir, tvm_target, create=True)
     start = time.perf_counter()
 
     with tvm_target:
         lowered = to_tir_stage(preset, RewriteSparseConv2d(preset))(mod)
     extracted = ms.relax_integration.extract_tasks(lowered, tvm_target)
     work_dir = Path(tempfile.mkdtemp(prefix="mcpruner-tune-"))
-    operands = OperandStore(work_dir / "operands")
-    operands.save_from(lowered)
     contexts, weights, kinds = _tune_contexts(extracted, preset, search, sparse_only, work_dir, seed)
     if not contexts:
+        shutil.rmtree(work_dir, ignore_errors=True)
         raise ValueError("nothing to tune: the model has no PrimFunc that is not scheduled already")
+    # The log folder is created only now that there is something to measure.
+    database = open_tuning_log(log_dir, tvm_target, create=True)
+    operands = OperandStore(work_dir / "operands")
+    operands.save_from(lowered)
     # Before the first measurement: a run stopped half-way is still on record.
     append_provenance(log_dir, {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -239,6 +233,29 @@ def tune(
     return TuningReport(log_dir=log_dir, target=preset.name, runner=runner_name, search=search,
                         trials_run=budget, wall_s=time.perf_counter() - start, tasks=tasks,
                         emulated=emulated)
+
+
+def check_tune_arguments(target: "str | TargetPreset", *, trials: int, tracker: str | None = None,
+                         key: str | None = None, search: str = "xgb", trials_per_iter: int = 16,
+                         confirm_rounds: int = CONFIRM_ROUNDS) -> tuple[TargetPreset, str | None]:
+    """Check :func:`tune`'s arguments and ask the tracker (5 s at most); ``(preset, key)``.
+
+    Raises a ``ValueError`` naming the argument (``TrackerUnreachableError`` for a tracker
+    that does not answer) and writes nothing, so that callers such as the CLI can refuse
+    bad input before they spend minutes preparing a model.
+    """
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    for name, value, least in (("trials", trials, 1), ("trials_per_iter", trials_per_iter, 1),
+                               ("confirm_rounds", confirm_rounds, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    preset = get_preset(target)
+    if (tracker is None) != (key is None) and not (tracker and preset.rpc_key):
+        raise ValueError("give both tracker and key (or neither, to measure on this machine)")
+    if tracker is not None:
+        rpc_farm.tracker_summary(parse_tracker(tracker, loopback_only=False), timeout=5.0)
+    return preset, key or preset.rpc_key
 
 
 def _resolve_emulated(emulated: bool | None, tracker: str | None, key: str | None) -> bool | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
 import time
 
 import pytest
@@ -29,7 +30,13 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
     (["compile", "--input-shape", "1,3,0,224"], "four positive dimensions N,C,H,W"),
     (["compile", "--num-classes", "0"], "--num-classes: '0': give a whole number >= 1"),
     (["compile", "--onnx", "x.onnx", "--weights", "w.pt"], "give --onnx or --weights, not both"),
-    (["tune", "--trials", "0"], "trials must be an int >= 1"),
+    (["tune", "--trials", "0"], "--trials: '0': give a whole number >= 1"),
+    (["tune", "--trials", "-5"], "--trials: '-5': give a whole number >= 1"),
+    (["tune", "--confirm-rounds", "-1"], "--confirm-rounds: '-1': give a whole number >= 0"),
+    (["tune", "--model", "x.onnx"], "for the ONNX file x.onnx use --onnx x.onnx"),
+    (["compile", "--model", "m.pt"], "use --weights m.pt"),
+    (["bench", "--model", "models/m"], "not a path (models/m): give an ONNX file with --onnx"),
+    (["tune", "--tracker", "nohostport", "--key", "k"], "HOST:PORT"),
 ])
 def test_cli_says_what_is_wrong_and_exits_2(argv, says):
     start = time.perf_counter()
@@ -65,3 +72,46 @@ def test_an_empty_tuning_log_argument_is_refused():
     mod = mcp.from_torch(torch.nn.Conv2d(3, 4, 3), (torch.randn(1, 3, 8, 8),))
     with pytest.raises(ValueError, match="tuning_log is empty"):
         mcp.compile(mod, tuning_log="")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_tune_with_an_unreachable_tracker_fails_fast_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default log folder is ./autotune_logs/<device>
+    start = time.perf_counter()
+    code, err = run_cli(["tune", "--tracker", f"127.0.0.1:{_closed_port()}", "--key", "hikey970"])
+    assert code == 2 and "tracker" in err and "Traceback" not in err, err
+    assert time.perf_counter() - start < 30  # the model is not even built
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tune_with_nothing_to_tune_creates_no_log_folder(tmp_path):
+    mod = mcp.from_torch(torch.nn.ReLU(), (torch.randn(1, 3, 4, 4),))
+    with pytest.raises(ValueError, match="nothing to tune"):
+        mcp.tune(mod, "host", trials=1, log_dir=tmp_path / "log", sparse_only=True, progress=False)
+    assert not (tmp_path / "log").exists()
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"", "neither a file written by 'mcpruner prune --out'"),
+    (b"hello, not a model\n", "neither a file written by 'mcpruner prune --out'"),
+    (bytes(range(256)) * 2, "neither a file written by 'mcpruner prune --out'"),
+])
+def test_compile_weights_that_are_no_model_file_are_named(tmp_path, content, says):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(content)
+    code, err = run_cli(["compile", "--model", "vgg11", "--width", "0.125", "--input-shape", "1,3,32,32",
+                         "--num-classes", "10", "--tuning-log", "none", "--weights", str(weights)])
+    assert code == 2 and says in err and str(weights) in err and "Traceback" not in err, err
+
+
+def test_compile_weights_of_another_model_are_refused(tmp_path):
+    weights = tmp_path / "w.pt"
+    torch.save(torch.nn.Conv2d(3, 4, 3).state_dict(), weights)
+    code, err = run_cli(["compile", "--model", "vgg11", "--width", "0.125", "--input-shape", "1,3,32,32",
+                         "--num-classes", "10", "--tuning-log", "none", "--weights", str(weights)])
+    assert code == 2 and "does not fit the model" in err and "Traceback" not in err, err
