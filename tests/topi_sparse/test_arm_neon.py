@@ -6,7 +6,9 @@ emulated aarch64 RPC server over a real ``tvm.rpc`` session, equals torch's
 ``F.conv2d`` on the same dense weight (max error <= 1e-4 * max|y|). One whole model
 (a pruned ResNet-18) runs the same way through the Relax VM.
 
-Emulated (qemu) — correctness only, not device timing: nothing here is timed.
+Emulated (qemu) — correctness only, not device timing: nothing here is timed. Besides
+the listed variants, ``EMULATED_SWEEP`` random layers (the CPU kernel sweep's strategy,
+built with 4 lanes) run there too.
 
 Adding a kernel variant: write a builder ``(case) -> BuiltKernel`` and list its cases in
 ``VARIANTS``; both checks then run on it.
@@ -24,12 +26,14 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from hypothesis import HealthCheck, assume, given, settings
 
 import topi_sparse
 import tvm_mcpruner as mcp
 from tests._resources import require_arm_emulation
 from tests._models import assert_close, assert_close_to_exact, randomize_bn, torch_output
-from tests.topi_sparse.test_pattern_conv2d import make_weight, torch_reference
+from tests.topi_sparse.test_pattern_conv2d import assert_close as assert_kernel_close  # zero outputs allowed
+from tests.topi_sparse.test_pattern_conv2d import conv_cases, make_weight, out_size, torch_reference
 from tvm_mcpruner import arm_emulation
 from tvm_mcpruner.sparse_format import pack_pattern_weights
 
@@ -186,3 +190,32 @@ def test_pruned_resnet18_matches_torch_on_emulated_aarch64(arm_server, tmp_path:
     assert_close_to_exact(y, pruned, x)
     row_difference = float(np.abs(y[0] - y[1]).max())
     assert row_difference > 1e-2 * float(np.abs(expected).max()), "output ignores the input"
+
+
+# Each example cross-compiles and runs under qemu (~1-2 s): a smaller sweep than the host's.
+EMULATED_SWEEP = 30
+
+
+@settings(max_examples=EMULATED_SWEEP, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(case=conv_cases([1, 3]))
+def test_random_layers_match_torch_on_emulated_aarch64(case, arm_server, tmp_path_factory):
+    k = case["kernel"][0]
+    assume(out_size(case["h"], k, case["stride"], case["padding"]) > 0)
+    assume(out_size(case["wd"], k, case["stride"], case["padding"]) > 0)
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal((case["n"], case["c"], case["h"], case["wd"])).astype(np.float32)
+    w = make_weight(rng, case["o"], case["c"], k, k, LANES, case["kind"], case["keep"])
+    bias = rng.standard_normal(case["o"]).astype(np.float32) if case["with_bias"] else None
+    packed = pack_pattern_weights(w, LANES)
+    kernel = topi_sparse.build_pattern_conv2d(
+        x.shape, w.shape, packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
+        stride=case["stride"], padding=(case["padding"],) * 4, family=PRESET.family,
+        with_bias=bias is not None, clip=case["clip"],
+    )
+    lib = tvm.compile(tvm.IRModule({"main": kernel.func}), target=PRESET.tvm_target())
+    lib_path = arm_emulation.export_for_arm(lib, tmp_path_factory.mktemp("sweep") / "kernel.so")
+    inputs = (x.reshape(kernel.input_shape), kernel.values, kernel.offsets) + ((bias,) if bias is not None else ())
+    (y,) = arm_emulation.run_primfunc(arm_server, lib_path, inputs, [(kernel.output_shape, "float32")])
+    expected = torch_reference(x, w, bias, stride=case["stride"], padding=case["padding"], clip=case["clip"])
+    assert_kernel_close(y, expected)  # keep 0 and ReLU may leave an all-zero output

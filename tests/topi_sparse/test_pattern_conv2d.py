@@ -91,17 +91,36 @@ def assert_close(y, ref):
 
 
 def make_weight(rng, o, c, kh, kw, lanes, kind, keep):
-    """'aligned': groups of `lanes` filters share kept channels and per-channel tap
-    masks (:func:`tests._models.aligned_mask`); 'dense'; 'random': unaligned element-wise
-    sparsity."""
+    """A float32 ``[O, C, KH, KW]`` weight of one of these kinds:
+
+    - 'aligned': groups of `lanes` filters share kept channels and per-channel tap masks
+      (:func:`tests._models.aligned_mask`); keep 0 empties every group;
+    - 'pattern_k': aligned, every kept kernel one of a random library of k-of-KH*KW patterns;
+    - 'gaps': aligned, with some groups emptied entirely (empty rows next to full ones);
+    - 'stray': aligned plus a few non-zeros in pruned positions (alignment broken slightly);
+    - 'dense'; 'random': unaligned element-wise sparsity.
+    """
     w = rng.standard_normal((o, c, kh, kw)).astype(np.float32)
     if kind == "dense":
         return w
     if kind == "random":
-        w *= rng.random((o, c, kh, kw)) < keep
-    else:
-        w *= aligned_mask(rng, o, c, lanes, kernel=(kh, kw), keep=keep)
-    return w.astype(np.float32)
+        return (w * (rng.random((o, c, kh, kw)) < keep)).astype(np.float32)
+    if keep == 0.0:
+        return np.zeros_like(w)
+    patterns = None
+    if kind == "pattern_k":
+        k = int(rng.integers(1, kh * kw + 1))
+        patterns = [rng.choice(kh * kw, k, replace=False) for _ in range(int(rng.integers(1, 9)))]
+    mask = aligned_mask(rng, o, c, lanes, kernel=(kh, kw), keep=keep, patterns=patterns)
+    if kind == "gaps":
+        for start in range(0, o, lanes):
+            if rng.random() < 0.4:
+                mask[start:start + lanes] = False
+    if kind == "stray":
+        pruned = np.flatnonzero(~mask)
+        if pruned.size:
+            mask.flat[rng.choice(pruned, min(pruned.size, int(rng.integers(1, 4))), replace=False)] = True
+    return (w * mask).astype(np.float32)
 
 
 def run_case(n, c, h, wd, o, kernel, stride, padding, lanes, with_bias, clip, kind, keep, seed,
@@ -126,7 +145,9 @@ def out_size(size, k, stride, padding):
 MAX_INPUT_ELEMENTS = 60_000  # N * C * H * W
 
 clips = st.sampled_from([None, (0.0, None), (0.0, 6.0)])
-weight_kinds = st.sampled_from(["aligned", "aligned", "dense", "random"])
+weight_kinds = st.sampled_from(["aligned", "aligned", "pattern_k", "gaps", "stray", "dense", "random"])
+# The ends of the range are cases of their own: nothing kept, everything kept.
+keeps = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.05, 1.0))
 
 
 @st.composite
@@ -150,16 +171,20 @@ def conv_cases(draw, kernels):
         "with_bias": draw(st.booleans()),
         "clip": draw(clips),
         "kind": draw(weight_kinds),
-        "keep": draw(st.floats(0.05, 1.0)),
+        "keep": draw(keeps),
         "seed": draw(st.integers(0, 2**32 - 1)),
     }
 
 
 # ---------------------------------------------------------------------------------
-# kernel vs torch
+# kernel vs torch: KERNEL_SWEEP_3X3 + KERNEL_SWEEP_OTHER layer configs per run (CI too)
 # ---------------------------------------------------------------------------------
+KERNEL_SWEEP_3X3 = 750
+KERNEL_SWEEP_OTHER = 250
+
+
 @pytest.mark.slow
-@settings(max_examples=200, deadline=None, derandomize=True,
+@settings(max_examples=KERNEL_SWEEP_3X3, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(case=conv_cases([3]))
 def test_conv3x3_matches_torch(case):
@@ -169,7 +194,8 @@ def test_conv3x3_matches_torch(case):
     run_case(**case)
 
 
-@settings(max_examples=48, deadline=None, derandomize=True,
+@pytest.mark.slow
+@settings(max_examples=KERNEL_SWEEP_OTHER, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(case=conv_cases([1, 5, 7]))
 def test_conv_1x1_5x5_7x7_matches_torch(case):
@@ -281,7 +307,7 @@ def test_lanes8_asm_uses_ymm_fma():
     o=st.integers(1, 70), c=st.integers(1, 40), h=st.integers(1, 20), wd=st.integers(1, 20),
     k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), padding=st.integers(0, 2),
     lanes=st.sampled_from([16, 8, 4]), tile_w=st.integers(1, 28),
-    kind=weight_kinds, keep=st.floats(0.05, 1.0), seed=st.integers(0, 2**32 - 1),
+    kind=weight_kinds, keep=keeps, seed=st.integers(0, 2**32 - 1),
 )
 def test_kernel_operands_offsets_in_bounds_and_padding_zero(
     o, c, h, wd, k, stride, padding, lanes, tile_w, kind, keep, seed

@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import tvm_mcpruner as mcp
@@ -212,6 +214,34 @@ def test_save_load_round_trip(tmp_path, suffix):
         assert torch.equal(loaded(x), pruned.eval()(x))
     assert hasattr(loaded.features[4], "weight_mask")  # conv 16->32 (after conv, BN, ReLU, pool)
 
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    suffix=st.sampled_from([".pt", ".safetensors"]), target=st.sampled_from(["hikey970-cpu", "x86-avx2",
+                                                                             "x86-avx512"]),
+    classes=st.integers(1, 12), in_channels=st.integers(1, 4), pattern_k=st.integers(1, 9),
+    keep=st.one_of(st.just(1.0), st.floats(0.01, 1.0)), seed=st.integers(0, 2**16),
+)
+def test_save_load_round_trip_property(tmp_path, suffix, target, classes, in_channels, pattern_k, keep, seed):
+    """Whatever was pruned, loading what was saved gives the same tensors, masks and outputs."""
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    torch.manual_seed(seed)
+    kwargs = {"num_classes": classes, "in_channels": in_channels}
+    pruned, _ = prune(mcp.models.get_model("vgg11_small", **kwargs), target=target, pattern_k=pattern_k,
+                      keep_kernels=keep)
+    path = save_pruned(pruned, tmp_path / f"m{seed}{suffix}", meta={"model": "vgg11_small",
+                                                                     "model_kwargs": kwargs})
+    loaded, meta = load_pruned(path)
+    assert meta["model_kwargs"] == kwargs
+    saved, restored = pruned.state_dict(), loaded.state_dict()
+    assert saved.keys() == restored.keys()
+    assert all(torch.equal(saved[k], restored[k]) for k in saved)
+    x = torch.randn(2, in_channels, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned.eval()(x))
 
 def test_load_rejects_foreign_files(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
