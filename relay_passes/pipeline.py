@@ -16,6 +16,7 @@ import topi_sparse
 from tvm_mcpruner.sparse_format import MIN_MAC_REDUCTION
 from tvm_mcpruner.targets import TargetPreset, get_preset, preset_for_tvm_target
 
+from .accurate_pooling import AccuratePooling
 from .rewrite_sparse_conv2d import RewriteSparseConv2d
 from .schedule_kernels import ApplyTuningDatabase, ScheduleSparseKernels
 
@@ -58,7 +59,8 @@ def mcpruner_pipeline(
 
 
 def to_tir_stage(preset: TargetPreset, rewrite: RewriteSparseConv2d) -> tvm.transform.Pass:
-    """Our rewrites and TVM's legalization + fusion for the target: every op a PrimFunc.
+    """Our rewrites (sparse convs, blocked global pooling) and TVM's legalization + fusion
+    for the target: every op a PrimFunc.
 
     This is the module that tuning extracts its tasks from and that tuning logs are
     applied to, so ``mcp.tune`` and ``mcp.compile`` both go through here. Our kernels are
@@ -66,7 +68,9 @@ def to_tir_stage(preset: TargetPreset, rewrite: RewriteSparseConv2d) -> tvm.tran
     target's scope.
     """
     target = preset.tvm_target()
-    passes = [relax.transform.FoldConstant(), rewrite]  # FoldConstant: bias arrives as reshape(const)
+    # FoldConstant: bias arrives as reshape(const); AccuratePooling: fp32 global pooling
+    # sums stay accurate on large inputs (TVM sums the whole extent in one running total)
+    passes = [relax.transform.FoldConstant(), rewrite, AccuratePooling()]
     tvm_stages = _tvm_stages(target)
     return tvm.transform.Sequential(passes + tvm_stages.library_dispatch_passes(target)
                                     + tvm_stages.legalize_passes(target))
