@@ -1,5 +1,7 @@
 """One timing rule for every framework the benchmarks compare.
 
+The rule itself lives in :mod:`tvm_mcpruner.benchmark` (``mcpruner bench --plot`` times
+layers with it too); this module re-exports it and adds the output checks.
 :func:`time_ms` warms a runner up, then reports ``repeats`` entries, each the mean of
 ``number`` back-to-back calls with ``number`` sized so a repeat lasts >= 50 ms;
 :func:`time_interleaved` takes those repeats round-robin over several runners;
@@ -10,7 +12,6 @@ A runner is a zero-argument callable over prepared inputs.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,61 +19,16 @@ from typing import Any
 import _repo  # noqa: F401  (puts the repository on sys.path)
 import numpy as np
 
-from tvm_mcpruner.benchmark import rel_error
+from tvm_mcpruner.benchmark import (  # noqa: F401 (re-exported)
+    SETTLE_S,
+    calls_per_repeat,
+    one_repeat,
+    rel_error,
+    time_interleaved,
+    time_ms,
+)
 
 Runner = Callable[[], Any]
-
-# Idle time before each timed repeat: each framework keeps its worker threads spinning
-# for a while after a call (OpenMP, TVM's pool, onnxruntime's), and spinning threads
-# steal the cores of the framework timed next.
-SETTLE_S = 0.25
-
-
-def calls_per_repeat(fn: Runner, warmup: int = 2, min_repeat_ms: float = 50.0) -> int:
-    """Warm ``fn`` up, then how many back-to-back calls make one repeat last ``min_repeat_ms``."""
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    fn()
-    one_ms = (time.perf_counter() - start) * 1e3
-    return max(1, int(np.ceil(min_repeat_ms / max(one_ms, 1e-3))))
-
-
-def one_repeat(fn: Runner, number: int) -> float:
-    """Milliseconds per call: the mean of ``number`` back-to-back calls of ``fn``."""
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - start) * 1e3 / number
-
-
-def time_ms(fn: Runner, repeats: int = 5, warmup: int = 2, min_repeat_ms: float = 50.0) -> list[float]:
-    """Milliseconds per call: ``repeats`` entries, each the mean of ``number`` back-to-back calls.
-
-    ``number`` is chosen after warm-up so one repeat lasts at least ``min_repeat_ms``
-    (short layers would otherwise measure the timer). Report the median of the list.
-    """
-    number = calls_per_repeat(fn, warmup, min_repeat_ms)
-    return [one_repeat(fn, number) for _ in range(repeats)]
-
-
-def time_interleaved(runners: dict[str, Runner], repeats: int = 5, warmup: int = 2,
-                     min_repeat_ms: float = 50.0, settle_s: float = SETTLE_S) -> dict[str, list[float]]:
-    """:func:`time_ms` for several runners, repeats taken round-robin.
-
-    Interleaving makes a load change on a shared machine hit every framework alike
-    instead of whichever happened to be timed at that moment. Before each repeat the
-    process idles ``settle_s`` so the previous framework's spinning worker threads
-    (OpenMP, TVM's pool, onnxruntime's) have gone to sleep and do not steal cores.
-    """
-    numbers = {name: calls_per_repeat(fn, warmup, min_repeat_ms) for name, fn in runners.items()}
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, fn in runners.items():
-            time.sleep(settle_s)  # the previous framework's spinning threads go to sleep
-            fn()  # untimed: wakes this framework's threads and warms its caches
-            times[name].append(one_repeat(fn, numbers[name]))
-    return times
 
 
 @dataclass

@@ -30,6 +30,8 @@ __all__ = [
     "onnxruntime_session",
     "rel_error",
     "set_threads",
+    "time_interleaved",
+    "time_ms",
 ]
 
 
@@ -50,6 +52,7 @@ class ComparisonResult:
     machine: dict[str, Any]
     timings: list[FrameworkTiming]
     facts: dict[str, Any] = field(default_factory=dict)
+    layers: list[Any] = field(default_factory=list)  # layer_bench.LayerTiming, with per_layer=True
 
     def timing(self, name: str) -> FrameworkTiming:
         return next(t for t in self.timings if t.name == name)
@@ -113,6 +116,59 @@ def _time(fn: Callable[[], Any], warmup: int, repeat: int) -> list[float]:
     return out
 
 
+# Idle time before each timed repeat: each framework keeps its worker threads spinning
+# for a while after a call (OpenMP, TVM's pool, onnxruntime's), and spinning threads
+# steal the cores of the framework timed next.
+SETTLE_S = 0.25
+
+
+def calls_per_repeat(fn: Callable[[], Any], warmup: int = 2, min_repeat_ms: float = 50.0) -> int:
+    """Warm ``fn`` up, then how many back-to-back calls make one repeat last ``min_repeat_ms``."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    fn()
+    one_ms = (time.perf_counter() - start) * 1e3
+    return max(1, int(np.ceil(min_repeat_ms / max(one_ms, 1e-3))))
+
+
+def one_repeat(fn: Callable[[], Any], number: int) -> float:
+    """Milliseconds per call: the mean of ``number`` back-to-back calls of ``fn``."""
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - start) * 1e3 / number
+
+
+def time_ms(fn: Callable[[], Any], repeats: int = 5, warmup: int = 2, min_repeat_ms: float = 50.0) -> list[float]:
+    """Milliseconds per call: ``repeats`` entries, each the mean of ``number`` back-to-back calls.
+
+    ``number`` is chosen after warm-up so one repeat lasts at least ``min_repeat_ms``
+    (short layers would otherwise measure the timer). Report the median of the list.
+    """
+    number = calls_per_repeat(fn, warmup, min_repeat_ms)
+    return [one_repeat(fn, number) for _ in range(repeats)]
+
+
+def time_interleaved(runners: dict[str, Callable[[], Any]], repeats: int = 5, warmup: int = 2,
+                     min_repeat_ms: float = 50.0, settle_s: float = SETTLE_S) -> dict[str, list[float]]:
+    """:func:`time_ms` for several runners, repeats taken round-robin.
+
+    Interleaving makes a load change on a shared machine hit every framework alike
+    instead of whichever happened to be timed at that moment. Before each repeat the
+    process idles ``settle_s`` so the previous framework's spinning worker threads
+    (OpenMP, TVM's pool, onnxruntime's) have gone to sleep and do not steal cores.
+    """
+    numbers = {name: calls_per_repeat(fn, warmup, min_repeat_ms) for name, fn in runners.items()}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, fn in runners.items():
+            time.sleep(settle_s)  # the previous framework's spinning threads go to sleep
+            fn()  # untimed: wakes this framework's threads and warms its caches
+            times[name].append(one_repeat(fn, numbers[name]))
+    return times
+
+
 def rel_error(y: np.ndarray, ref: np.ndarray) -> float:
     """max |y - ref| / max |ref|: the error every benchmark reports."""
     return float(np.abs(y - ref).max() / max(float(np.abs(ref).max()), 1e-30))
@@ -156,9 +212,15 @@ def compare_frameworks(
     warmup: int = 2,
     tvm_dense: bool = True,
     model_name: str = "model",
+    per_layer: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> ComparisonResult:
-    """Time the pruned model in torch, onnxruntime, TVM dense (untuned) and mcpruner."""
+    """Time the pruned model in torch, onnxruntime, TVM dense (untuned) and mcpruner.
+
+    ``per_layer=True`` also times each conv / linear layer alone in torch, onnxruntime and
+    mcpruner (``layer_bench.time_layers``, same threads) into ``result.layers``, which
+    ``layer_bench.plot_layers`` draws.
+    """
     import torch
     import tvm
 
@@ -220,4 +282,11 @@ def compare_frameworks(
         "target": preset.name,
         "target_description": preset.description,
     }
-    return ComparisonResult(model_name, tuple(x.shape), threads, machine_info(), timings, facts)
+    layers = []
+    if per_layer:
+        from .layer_bench import time_layers
+
+        say("timing each conv / linear layer alone: torch, onnxruntime, mcpruner")
+        layers = time_layers(model, xt, preset=preset, threads=threads, repeat=repeat, warmup=warmup, progress=say)
+        facts["layer_repeats"] = repeat
+    return ComparisonResult(model_name, tuple(x.shape), threads, machine_info(), timings, facts, layers)

@@ -272,14 +272,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .pruning import prune
 
     model = _build_model(args)
+    if args.plot:  # before the timing, not after it: minutes of work must not end in a missing folder
+        Path(args.plot).resolve().parent.mkdir(parents=True, exist_ok=True)
     x = torch.randn(*args.input_shape)
     pruned, report = prune(model, target=args.target, pattern_k=args.pattern_k,
                            keep_kernels=args.keep_kernels, example_input=x)
     result = compare_frameworks(pruned, x, target=args.target, threads=args.threads,
                                 repeat=args.repeat, model_name=args.model,
-                                tvm_dense=not args.no_tvm_dense, progress=print)
+                                tvm_dense=not args.no_tvm_dense, per_layer=bool(args.plot), progress=print)
     result.facts["conv_mac_reduction"] = round(report.mac_reduction, 3)
     print(result.table())
+    if args.plot:
+        from .layer_bench import layer_table, plot_layers
+
+        print(layer_table(result.layers))
+        plot_layers(result, args.plot)
+        print(f"wrote the per-layer plot to {args.plot}")
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
     return 0
@@ -328,12 +336,31 @@ def _cmd_server(args: argparse.Namespace) -> int:
     return rpc_farm.run_in_foreground(server)
 
 
+EXAMPLE_MARKER = "example:"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's wrapping, except that the example epilog is printed as written: a wrapped
+    command line could not be copied into a shell."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(EXAMPLE_MARKER):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _example(command: str) -> dict[str, object]:
+    """``add_parser`` keywords for a ``--help`` that ends with one example command line."""
+    return {"epilog": f"{EXAMPLE_MARKER}\n  {command}", "formatter_class": _HelpFormatter}
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mcpruner", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mcpruner", description=__doc__, **_example("mcpruner demo --size 112"))
     parser.add_argument("-v", "--verbose", action="store_true", help="log each layer's decision")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="prune + compile + time a ResNet-18-style model vs torch/ORT/TVM")
+    demo = sub.add_parser("demo", help="prune + compile + time a ResNet-18-style model vs torch/ORT/TVM",
+                          **_example("mcpruner demo --size 112 --repeat 3 --json demo.json"))
     demo.add_argument("--size", type=int, default=224)
     demo.add_argument("--batch", type=int, default=1)
     demo.add_argument("--threads", type=int, default=None, help="default: the target's cores")
@@ -343,7 +370,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", help="also write the result as JSON here")
     demo.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("prune", help="prune a model (and fine-tune it on local data) and print the report")
+    p = sub.add_parser("prune", help="prune a model (and fine-tune it on local data) and print the report",
+                       **_example("mcpruner prune --model vgg11_small --data fashion-mnist --ratio 8 "
+                                  "--schedule admm --epochs 6 --out pruned.pt"))
     _add_model_args(p)
     _add_prune_args(p)
     p.add_argument("--ratio", type=float, help="conv-MAC reduction target (per-layer keeps by sensitivity)")
@@ -362,7 +391,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="save the pruned model here (.pt; mcp.load_pruned reads it)")
     p.set_defaults(func=_cmd_prune)
 
-    c = sub.add_parser("compile", help="compile a pruned model (built-in or .onnx) and export it")
+    c = sub.add_parser("compile", help="compile a pruned model (built-in or .onnx) and export it",
+                       **_example("mcpruner compile --weights pruned.pt --input-shape 1,1,28,28 --out model.so"))
     _add_model_args(c)
     _add_prune_args(c)
     _add_source_args(c)
@@ -373,7 +403,9 @@ def _parser() -> argparse.ArgumentParser:
 
     tu = sub.add_parser("tune", help="tune a pruned model with MetaSchedule + XGBoost (locally or over a tracker)",
                         description="Measures schedules of every kernel of the compiled model and appends them "
-                        "to a MetaSchedule log that 'mcpruner compile' applies. Re-running resumes.")
+                        "to a MetaSchedule log that 'mcpruner compile' applies. Re-running resumes.",
+                        **_example("mcpruner tune --target hikey970-cpu --tracker 127.0.0.1:9190 --key hikey970 "
+                                   "--trials 200"))
     _add_model_args(tu)
     _add_prune_args(tu)
     _add_source_args(tu)
@@ -398,25 +430,31 @@ def _parser() -> argparse.ArgumentParser:
                     "containing 'qemu'/'emul', else unknown over RPC, --no-emulated locally")
     tu.set_defaults(func=_cmd_tune)
 
-    b = sub.add_parser("bench", help="time a pruned built-in model side by side")
+    b = sub.add_parser("bench", help="time a pruned built-in model side by side",
+                       **_example("mcpruner bench --model vgg11 --width 0.25 --input-shape 1,3,32,32 "
+                                  "--no-tvm-dense --plot layers.png"))
     _add_model_args(b)
     _add_prune_args(b)
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--repeat", type=int, default=5)
     b.add_argument("--no-tvm-dense", action="store_true", help="skip the (slow) untuned TVM build")
     b.add_argument("--json", help="write the result as JSON here")
+    b.add_argument("--plot", help="also time each conv / linear layer alone (torch, onnxruntime, mcpruner) and "
+                   "draw them as a per-layer bar chart with each layer's MAC reduction to this PNG")
     b.set_defaults(func=_cmd_bench)
 
     join = "a HiKey970 joins with `python -m tvm.exec.rpc_server --tracker HOST:9190 --key hikey970`"
     t = sub.add_parser("tracker", help=f"run a TVM RPC tracker for tuning (foreground); {join}",
-                       description=f"Run a TVM RPC tracker until Ctrl-C; {join}.")
+                       description=f"Run a TVM RPC tracker until Ctrl-C; {join}.",
+                       **_example("mcpruner tracker --port 9190"))
     t.add_argument("--port", type=int, default=9190)
     t.add_argument("--host", default="127.0.0.1", help="listen address (this machine's address on a trusted network, for boards there: an "
                         "RPC server runs whatever code it is sent)")
     t.set_defaults(func=_cmd_tracker)
     s = sub.add_parser("server", help="run a TVM RPC server on 127.0.0.1 joined to a tracker (foreground)",
                        description=f"A local stand-in for a board until Ctrl-C; a real board runs TVM's "
-                       f"own server instead: {join}.")
+                       f"own server instead: {join}.",
+                       **_example("mcpruner server --tracker 127.0.0.1:9190 --key local-cpu"))
     s.add_argument("--tracker", required=True, help="HOST:PORT of a tracker on this machine")
     s.add_argument("--key", required=True, help="device key the tuner asks for (e.g. hikey970)")
     s.add_argument("--port", type=int, default=None, help="server port (default: a free one)")
