@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from _repo import REPO_ROOT
 from _timing import SETTLE_S, Runner, Timing, calls_per_repeat, measure_all, one_repeat, time_interleaved, time_ms
-from _runners import (DENSE_FRAMEWORKS, SparseBuild, host_target, mcpruner_build, nonzero_conv_macs,
+from _runners import (DENSE_FRAMEWORKS, SparseBuild, same_isa_dense_frameworks, host_target, mcpruner_build, nonzero_conv_macs,
                       onnxruntime_runner, setup, torch_runner, vm_runner)
 from _dense_tuning import DenseTuner, TuningTask, fuse_for_tuning
 from _peak import (PEAK_PROBE, close_peak, fill_pct_of_peak, fma_peak_probe, measure_peak, peak_of_run,
@@ -22,7 +22,7 @@ from _peak import (PEAK_PROBE, close_peak, fill_pct_of_peak, fma_peak_probe, mea
 from _results import fmt, header_markdown, md_table, peak_pair, publish, run_info, write_results
 
 __all__ = [
-    "DENSE_FRAMEWORKS", "PEAK_PROBE", "REPO_ROOT", "SETTLE_S", "DenseTuner", "Runner", "SparseBuild", "Timing",
+    "DENSE_FRAMEWORKS", "PEAK_PROBE", "same_isa_dense_frameworks", "REPO_ROOT", "SETTLE_S", "DenseTuner", "Runner", "SparseBuild", "Timing",
     "TuningTask", "calls_per_repeat", "close_peak", "fill_pct_of_peak", "fma_peak_probe", "fmt",
     "fuse_for_tuning", "header_markdown", "host_target", "mcpruner_build", "md_table",
     "measure_all", "measure_peak", "nonzero_conv_macs", "one_repeat", "onnxruntime_runner", "peak_of_run",

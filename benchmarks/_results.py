@@ -53,8 +53,26 @@ def run_info(threads: int, tuner: DenseTuner, repeats: int, tuning: dict[str, An
             f"; {len(tuning['short_of_budget'])} of {tuning['tasks']} tasks short of the budget "
             "(see tuning.short_of_budget)" if tuning["short_of_budget"] else ""),
         "tune_trials_per_task": tuner.trials_per_task,
+        "same_isa": _same_isa_note(info),
         "tuning": tuning,
     }
+
+
+def _same_isa_note(machine: dict[str, Any]) -> str | None:
+    """What ran on which ISA when the host preset is built for a narrower CPU (a proxy run)."""
+    from _runners import same_isa_dense_frameworks
+
+    held = same_isa_dense_frameworks()
+    if held is None:
+        return None
+    import os
+
+    return (f"mcpruner and TVM dense built for LLVM cpu {machine.get('built_for_llvm_cpu')} on a "
+            f"{machine.get('llvm_cpu')} host; torch/oneDNN "
+            + (f"held to ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}" if "torch" in held
+               else "unrestricted (ONEDNN_MAX_CPU_ISA not set)")
+            + "; onnxruntime unrestricted (MLAS picks its kernels from CPUID, no switch); "
+            f"same-ISA speedups compare against {' / '.join(held)} only")
 
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -108,6 +126,7 @@ def header_markdown(title: str, info: dict[str, Any], peak: dict[str, Any], wall
         f"- timing: {info['timing']}; {info['repeats']} repeats",
         (f"- peak, measured in this run before / after the benchmarks: {peak_pair(peak)}; "
         f"% of peak uses the largest, {peak['peak_gflops']} GFLOP/s ({peak['peak_source']})"),
+        *([f"- ISA proxy: {info['same_isa']}"] if info.get("same_isa") else []),
     ])
 
 

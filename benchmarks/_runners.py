@@ -29,6 +29,21 @@ from tvm_mcpruner.benchmark import flushed_denormals, onnxruntime_session, set_t
 DENSE_FRAMEWORKS = ("torch", "onnxruntime", "tvm-dense")
 
 
+def same_isa_dense_frameworks() -> tuple[str, ...] | None:
+    """The dense frameworks held to the ``host`` preset's ISA when that preset is built for
+    a narrower CPU than this one (``MCPRUNER_HOST_CPU``); None when it is not.
+
+    TVM dense is built for the preset itself; torch's oneDNN only when
+    ``ONEDNN_MAX_CPU_ISA`` is set (read when torch loads); onnxruntime never: MLAS picks its
+    kernels from CPUID and has no switch.
+    """
+    from tvm_mcpruner.targets import HOST_CPU_ENV
+
+    if not os.environ.get(HOST_CPU_ENV):
+        return None
+    return ("tvm-dense", "torch") if os.environ.get("ONEDNN_MAX_CPU_ISA") else ("tvm-dense",)
+
+
 def setup(threads: int, verbose: bool = False) -> None:
     """Same thread count for torch, TVM's runtime (and MetaSchedule's workers); quiet logs."""
     set_threads(threads)

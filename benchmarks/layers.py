@@ -47,6 +47,8 @@ PATTERN_K = 4
 MIN_IN_CHANNELS = 16  # stems (3 input channels) stay dense: not part of the suite
 SUITE_MODELS = {"3x3": ("vgg16", "resnet50"), "1x1": ("resnet50", "mobilenet_v2")}
 TARGETS = {"3x3_A": 2.5, "3x3_B": 4.0, "3x3_peak_pct": 55.0, "1x1_4x": 1.5}
+# Half the work at B should take at most this share of the time at A (per layer, median).
+MAX_B_OVER_A = 0.65
 
 
 # ----------------------------------------------------------------------------- the layer list
@@ -205,12 +207,14 @@ def layer_results(layer: SuiteLayer, sparsities: list[str], tuner: C.DenseTuner,
     concurrent_peak = probe_flops / (timings.pop(C.PEAK_PROBE).median_ms * 1e-3) / 1e9
     dense = [timings[f] for f in C.DENSE_FRAMEWORKS]
     fastest = min(dense, key=lambda t: t.median_ms)
-    return [row(layer, cases[name], dense, timings[f"mcpruner@{name}"], fastest, concurrent_peak)
+    same_isa = C.same_isa_dense_frameworks()
+    fastest_same_isa = (min((timings[f] for f in same_isa), key=lambda t: t.median_ms) if same_isa else None)
+    return [row(layer, cases[name], dense, timings[f"mcpruner@{name}"], fastest, concurrent_peak, fastest_same_isa)
             for name in sparsities]
 
 
 def row(layer: SuiteLayer, case: SparseCase, dense: list[C.Timing], sparse: C.Timing,
-        fastest: C.Timing, concurrent_peak: float) -> dict[str, Any]:
+        fastest: C.Timing, concurrent_peak: float, fastest_same_isa: C.Timing | None = None) -> dict[str, Any]:
     gflops = 2 * case.nonzero_macs / (sparse.median_ms * 1e-3) / 1e9
     record = case.record
     return {
@@ -229,6 +233,10 @@ def row(layer: SuiteLayer, case: SparseCase, dense: list[C.Timing], sparse: C.Ti
         # the FMA loop timed in the same interleaved rounds as this layer (C.fma_peak_probe)
         "concurrent_peak_gflops": concurrent_peak, "mcpruner_pct_concurrent_peak": 100 * gflops / concurrent_peak,
         "fastest_dense": fastest.framework, "speedup_vs_fastest_dense": fastest.median_ms / sparse.median_ms,
+        # with the host preset built for a narrower CPU: the dense frameworks held to its ISA
+        "fastest_same_isa_dense": fastest_same_isa.framework if fastest_same_isa else None,
+        "speedup_vs_fastest_same_isa_dense": (fastest_same_isa.median_ms / sparse.median_ms
+                                              if fastest_same_isa else None),
     }
 
 
@@ -262,6 +270,21 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                         "median speedup over the fastest dense framework, 1x1 layers with >= 3.5x "
                         "fewer MACs achieved (x)"),
     }
+    if any(r.get("speedup_vs_fastest_same_isa_dense") for r in rows):
+        for sp in ("A", "B"):
+            out[f"3x3_{sp}_same_isa"] = entry(
+                [r["speedup_vs_fastest_same_isa_dense"] for r in pick("3x3", sp)], TARGETS[f"3x3_{sp}"],
+                f"median speedup over the fastest dense framework held to the same ISA, 3x3 suite, "
+                f"sparsity {sp} (x)")
+    b_over_a = _time_b_over_a(pick("3x3"))
+    if b_over_a:
+        value = statistics.median(b_over_a)
+        out["3x3_B_over_A"] = {
+            "what": "median over the 3x3 layers of mcpruner's time at B / its time at A (x; lower is better: "
+                    "B keeps half of A's work)", "goal": MAX_B_OVER_A, "value": round(value, 3),
+            "reached": value <= MAX_B_OVER_A, "short_by": None if value <= MAX_B_OVER_A else round(value - MAX_B_OVER_A, 3),
+            "short_by_pct": None if value <= MAX_B_OVER_A else round(100 * (value / MAX_B_OVER_A - 1), 1),
+            "layers": len(b_over_a)}
     if pick("1x1") and not one_by_one_4x:
         best = max(r["mac_reduction"] for r in pick("1x1"))
         out["1x1_4x"]["note"] = (f"mcp.prune / the compiler reached at most {best:.2f}x fewer MACs on "
@@ -269,11 +292,21 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _time_b_over_a(rows: list[dict[str, Any]]) -> list[float]:
+    """Per layer measured at both sparsities: mcpruner's median time at B over its time at A."""
+    ms: dict[str, dict[str, float]] = {}
+    for r in rows:
+        sparse = next(t for t in r["timings"] if t["framework"] == "mcpruner")
+        ms.setdefault(r["layer"], {})[r["sparsity"]] = sparse["median_ms"]
+    return [t["B"] / t["A"] for t in ms.values() if {"A", "B"} <= t.keys()]
+
+
 def markdown(info: dict[str, Any], peak: dict[str, Any], rows: list[dict[str, Any]],
              summary: dict[str, Any], wall_s: float) -> str:
+    same_isa = any(r.get("speedup_vs_fastest_same_isa_dense") for r in rows)
     headers = ["suite", "layer", "sp.", "dense MMAC", "MAC red. (kernel)", "torch ms", "ORT ms",
                "TVM ms", "mcp ms", "mcp GF/s nz", "% peak", "% conc. peak", "best dense GF/s",
-               "speedup vs fastest dense",
+               "speedup vs fastest dense", *(["speedup vs fastest same-ISA dense"] if same_isa else []),
                "max err"]
     table = []
     for r in rows:
@@ -285,7 +318,10 @@ def markdown(info: dict[str, Any], peak: dict[str, Any], rows: list[dict[str, An
             f"{r['mcpruner_gflops_nonzero']:.0f}", f"{r['mcpruner_pct_peak']:.0f}",
             f"{r['mcpruner_pct_concurrent_peak']:.0f} of {r['concurrent_peak_gflops']:.0f}",
             f"{max(r['dense_gflops'].values()):.0f} ({r['fastest_dense']})",
-            f"**{r['speedup_vs_fastest_dense']:.2f}x**", f"{t['mcpruner']['max_rel_error']:.1e}",
+            f"**{r['speedup_vs_fastest_dense']:.2f}x**",
+            *([f"**{r['speedup_vs_fastest_same_isa_dense']:.2f}x** ({r['fastest_same_isa_dense']})"]
+              if same_isa else []),
+            f"{t['mcpruner']['max_rel_error']:.1e}",
         ])
     lines = [C.header_markdown("Layer benchmark: mcpruner sparse vs dense frameworks", info, peak, wall_s), "",
              ("Layers: one-conv modules, conv (with bias) + ReLU, batch 1, shapes from the project's "
@@ -333,6 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=None, help="only layers whose label contains this text, e.g. '3x3/s2'")
     p.add_argument("--autotune-root", type=Path, default=C.REPO_ROOT / "autotune_logs")
     p.add_argument("--out", type=Path, default=C.REPO_ROOT / "benchmarks" / "results")
+    p.add_argument("--stem", default="layers", help="result file names: <out>/<stem>.json and .md")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.tune_trials is None:
@@ -383,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "sparsities": {k: {"pattern_k": PATTERN_K, "keep_kernels": SPARSITIES[k]} for k in sparsities},
                "layer_module": "conv (with bias) + ReLU, batch 1", "targets": summary, "layers": rows}
     text = markdown(info, peak, rows, summary, wall_s)
-    return C.publish(args.out, "layers", payload, text, summary_end="## Per layer")
+    return C.publish(args.out, args.stem, payload, text, summary_end="## Per layer")
 
 
 if __name__ == "__main__":
