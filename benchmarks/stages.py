@@ -18,11 +18,16 @@ Stages (fractions of ``kernel``): copy = ``copy only`` - ``call``; fixed =
 = ``kernel`` - ``one entry`` (the work sparsity removes); call = ``call``. The entry
 share grows with the kept work; the other stages are what a sparser layer cannot save.
 
+With ``--tiles`` it times the kernel instead under every register tile of
+:data:`TILES` (rows x columns of ``V``-lane accumulators; same layer, weight, loop order),
+to check the preset's default tile against the alternatives.
+
 Usage::
 
-    python benchmarks/stages.py [--preset x86-avx2] [--threads 2] [--repeats 7]
+    python benchmarks/stages.py [--preset x86-avx2] [--threads 2] [--repeats 7] [--tiles]
 
-Results go to ``benchmarks/results/stages_<preset>_<llvm cpu>_<date>.json`` / ``.md``.
+Results go to ``benchmarks/results/stages_<preset>_<llvm cpu>_<date>.json`` / ``.md``
+(``tiles_...`` with ``--tiles``).
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ LAYERS = [(96, 96, 40), (160, 160, 20), (320, 320, 10), (56, 112, 28)]
 SPARSITIES = {"A": 0.5, "B": 0.25}
 RELU = (0.0, None)
 STAGES = ("call", "copy", "fixed", "entries")
+# Register tiles (rows, columns) the tile sweep times: up to and past 16 ymm registers.
+TILES = [(1, 4), (1, 6), (1, 8), (1, 10), (1, 12), (1, 13), (1, 14), (1, 16),
+         (2, 4), (2, 5), (2, 6), (2, 7), (2, 8), (4, 3), (4, 4)]
 
 
 @dataclasses.dataclass
@@ -168,6 +176,62 @@ def measure(c: int, o: int, size: int, sparsity: str, preset: mcp.TargetPreset, 
     }
 
 
+def measure_tiles(c: int, o: int, size: int, sparsity: str, preset: mcp.TargetPreset,
+                  repeats: int) -> dict[str, Any]:
+    """Kernel ms under each tile of :data:`TILES` (and the default), interleaved."""
+    rng = np.random.default_rng(c * 1000 + size)
+    lanes = preset.vector_width
+    w = aligned_weight(rng, o, c, lanes, keep=SPARSITIES[sparsity])
+    bias = rng.standard_normal(o).astype(np.float32)
+    packed = pack_pattern_weights(w, lanes)
+    build = lambda knobs=None: topi_sparse.build_pattern_conv2d(  # noqa: E731
+        (1, c, size, size), w.shape, packed.row_ptr, *packed.row_channels_and_taps(), packed.values,
+        stride=1, padding=(1, 1, 1, 1), family="cpu", with_bias=True, clip=RELU, knobs=knobs)
+    default = build()
+    dev = tvm.cpu()
+    x = rng.standard_normal(default.input_shape).astype(np.float32)
+    expected = np.maximum(_torch_conv(x.reshape(1, c, size, size), w, bias), 0)
+    runners, tiles = {}, {}
+    for rows, cols in TILES:
+        name = f"{rows}x{cols}"
+        kernel = build(dataclasses.replace(default.knobs, tile_h=rows, tile_w=cols))
+        lib = _compile(kernel.func, preset.tvm_target())
+        args = [tvm.runtime.tensor(a, dev) for a in (x.reshape(kernel.input_shape), kernel.values,
+                                                     kernel.offsets, bias)]
+        out = tvm.runtime.tensor(np.zeros(kernel.output_shape, np.float32), dev)
+        lib(*args, out)
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+        runners[name] = lambda lib=lib, args=args, out=out: lib(*args, out)
+        tiles[name] = rows * cols
+    times = _common.time_interleaved(runners, repeats=repeats)
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    best = min(ms, key=ms.get)
+    default_name = f"{default.knobs.tile_h}x{default.knobs.tile_w}"
+    return {"layer": f"{c}->{o} 3x3/s1 @{size}x{size}", "sparsity": sparsity, "order": default.knobs.order,
+            "default": default_name, "ms": ms, "accumulators": tiles, "best": best,
+            "default_over_best": ms.get(default_name, float("nan")) / ms[best]}
+
+
+def tiles_markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    names = [f"{r}x{c}" for r, c in TILES]
+    table = _common.md_table(
+        ["layer", "sp.", "default", *names, "best", "default / best"],
+        [(r["layer"], r["sparsity"], r["default"],
+          *(("**" if n == r["best"] else "") + f"{r['ms'][n] / r['ms'][r['best']]:.2f}"
+            + ("**" if n == r["best"] else "") for n in names),
+          r["best"], f"{r['default_over_best']:.2f}") for r in rows])
+    m = info["machine"]
+    return "\n".join([
+        "# Register tiles of the sparse 3x3 kernel", "",
+        f"- {info['date']}, `{info['command']}`; machine {m['cpu']} (LLVM cpu {m.get('llvm_cpu')}), "
+        f"{info['threads']} threads; kernels built for preset `{info['preset']}` ({info['target']}); "
+        f"interleaved medians of {info['repeats']} repeats",
+        "- each cell: kernel time under that tile (rows x columns of vector accumulators) over the "
+        "layer's fastest tile (1.00 = fastest); the default is the preset's cost-model tile", "",
+        table, "", f"median default / best: {info['median_default_over_best']:.2f}",
+    ])
+
+
 def markdown(info: dict[str, Any], rows: list[dict[str, Any]], scaling: list[dict[str, Any]]) -> str:
     table = _common.md_table(
         ["layer", "sp.", "knobs", "E", "kernel ms", "call", "copy", "fixed (init, write-out, launch)",
@@ -203,10 +267,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--layers", type=int, default=len(LAYERS), help="first N layers only")
+    parser.add_argument("--tiles", action="store_true", help="time the register tiles of TILES instead")
     args = parser.parse_args(argv)
     _common.setup(args.threads)
     preset = mcp.get_preset(args.preset)
     start = time.perf_counter()
+    if args.tiles:
+        return _tile_sweep(args, preset, start)
     rows = [measure(c, o, size, sp, preset, args.repeats)
             for c, o, size in tqdm(LAYERS[:args.layers], desc="layers") for sp in SPARSITIES]
     scaling = []
@@ -228,6 +295,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stem = f"stages_{preset.name}_{info['machine'].get('llvm_cpu', 'cpu')}_{time.strftime('%Y-%m-%dT%H%M')}"
     _common.write_results(args.out, stem, payload, markdown(info, rows, scaling))
     print(markdown(info, rows, scaling))
+    return payload
+
+
+def _tile_sweep(args: argparse.Namespace, preset: mcp.TargetPreset, start: float) -> dict[str, Any]:
+    rows = [measure_tiles(c, o, size, sp, preset, args.repeats)
+            for c, o, size in tqdm(LAYERS[:args.layers], desc="layers") for sp in SPARSITIES]
+    info = {"machine": machine_info(), "threads": args.threads, "repeats": args.repeats, "preset": preset.name,
+            "target": str(preset.tvm_target()), "command": " ".join(["python", *sys.argv]),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "median_default_over_best": statistics.median(r["default_over_best"] for r in rows),
+            "wall_s": round(time.perf_counter() - start, 1)}
+    payload = {**info, "tiles": TILES, "layers": rows}
+    stem = f"tiles_{preset.name}_{info['machine'].get('llvm_cpu', 'cpu')}_{time.strftime('%Y-%m-%dT%H%M')}"
+    _common.write_results(args.out, stem, payload, tiles_markdown(info, rows))
+    print(tiles_markdown(info, rows))
     return payload
 
 
