@@ -40,6 +40,7 @@ _LAZY = {
     "tune": ".tuning",
     "TuningReport": ".tuning",
     "TuningLogError": ".tuning_log",
+    "configure_thread_pool": ".thread_pool",
     "models": ".models",
 }
 

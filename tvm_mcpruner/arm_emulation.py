@@ -59,6 +59,7 @@ from .arm_sysroot import (  # noqa: F401 - re-exported: the emulation's public n
 )
 from .process_group import GroupProcess, spawn, stop_at_exit
 from .rpc_tracker import LOOPBACK, parse_tracker
+from .thread_pool import configure_for_preset
 
 RPC_KEY = "aarch64-qemu"
 
@@ -237,9 +238,11 @@ def run_primfunc(
 
 
 def run_vm(server: EmulatedRPCServer, lib_path: str | os.PathLike, inputs: Iterable[Any],
-           func_name: str = "main") -> Any:
+           func_name: str = "main", preset: Any = None) -> Any:
     """Run an exported Relax executable's ``func_name`` in a remote ``relax.VirtualMachine``.
 
+    ``preset``: configure the remote thread pool for it first (its cluster and threads,
+    :func:`tvm_mcpruner.thread_pool.configure_for_preset`), as on the board.
     Returns numpy (a tuple of them for a tuple result).
     Emulated (qemu) — correctness only, not device timing.
     """
@@ -251,6 +254,8 @@ def run_vm(server: EmulatedRPCServer, lib_path: str | os.PathLike, inputs: Itera
         return value.numpy() if hasattr(value, "numpy") else tuple(map(to_numpy, value))
 
     def call(remote: Any) -> Any:
+        if preset is not None:
+            configure_for_preset(preset, session=remote)
         device = remote.cpu(0)
         vm = relax.VirtualMachine(_upload(remote, lib_path), device)
         return to_numpy(vm[func_name](*[tvm.runtime.tensor(np.ascontiguousarray(a), device)

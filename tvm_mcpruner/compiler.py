@@ -17,6 +17,7 @@ from relay_passes import ApplyTuningDatabase, RewriteSparseConv2d, SparseLayerRe
 from .sparse_format import MIN_MAC_REDUCTION
 from . import targets
 from .targets import TargetPreset, get_preset, usable_cpu_ids
+from .thread_pool import configure_thread_pool
 from .tuning_log import (LogProvenance, RankedTuningView, find_tuning_log, log_provenance, open_tuning_log,
                          target_signature)
 
@@ -172,11 +173,11 @@ def set_tvm_threads(threads: int) -> None:
 
     TVM's default pool on x86 is half the logical CPUs, and its "big cores" mode (1) pins
     the caller and its workers to cores, which on a VM can put two workers on one core.
-    Mode -3 (kSpecifyThreadShareAllCore) lets every worker run on any CPU the process may
-    use: the OS spreads them.
+    The "all" cluster (kSpecifyThreadShareAllCore) lets every worker run on any CPU the
+    process may use: the OS spreads them.
     """
     cpus = usable_cpu_ids()
-    tvm.get_global_func("runtime.config_threadpool")(-3, threads, [str(c) for c in cpus])
+    configure_thread_pool("all", threads, cpus=cpus)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)  # keep torch/onnxruntime threads free to use every CPU
 

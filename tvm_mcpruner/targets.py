@@ -41,6 +41,12 @@ class TargetPreset:
         """
         return self.extra.get("cross_compiler")
 
+    @property
+    def cpu_cluster(self) -> str | None:
+        """The cores of a big.LITTLE device its thread pool runs on ("big", "little",
+        "all"; :mod:`tvm_mcpruner.thread_pool`); None where the OS places the threads."""
+        return self.extra.get("cpu_cluster")
+
     @functools.cached_property
     def family(self) -> str | None:
         """The ``topi_sparse`` family that schedules our kernels for this preset's target
@@ -186,7 +192,8 @@ _HIKEY970_CPU = TargetPreset(
     threads=4,
     description="HiKey970 big cluster: 4x Cortex-A73, NEON fp32x4",
     rpc_key="hikey970",
-    extra={"cross_compiler": "aarch64-linux-gnu-gcc"},
+    # The A53s would hold back every kernel split over all eight cores (thread_pool).
+    extra={"cross_compiler": "aarch64-linux-gnu-gcc", "cpu_cluster": "big"},
 )
 
 _HIKEY970_MALI = TargetPreset(

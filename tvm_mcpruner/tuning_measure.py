@@ -26,6 +26,7 @@ from . import rpc_farm
 from .compiler import set_tvm_threads
 from .rpc_tracker import parse_tracker
 from .targets import TargetPreset
+from .thread_pool import configure_for_preset
 
 __all__ = ["OperandStore", "ProgressBar", "export_function", "make_runner"]
 
@@ -45,7 +46,7 @@ def make_runner(preset, tracker, key, operands, timeout_s, evaluator, threads):
         config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                      session_timeout_sec=int(timeout_s) * 4)
         return ms.runner.RPCRunner(config, evaluator, max_workers=2,
-                                   f_alloc_argument=_StoredOperands(operands.directory))
+                                   f_alloc_argument=_StoredOperands(operands.directory, preset=preset))
     return ms.runner.LocalRunner(
         timeout_sec=timeout_s, evaluator_config=evaluator,
         f_alloc_argument=_StoredOperands(operands.directory, threads or preset.threads),
@@ -123,15 +124,18 @@ class _StoredOperands:
     """``f_alloc_argument`` of both runners: ``(device, args_info, repeat)`` for the
     LocalRunner, ``(session, device, args_info, repeat)`` for the RPCRunner (the arrays
     are then copied to the remote device). Locally it also sizes the worker's thread
-    pool, whose default is half the CPUs."""
+    pool, whose default is half the CPUs; over RPC it puts the remote pool on the
+    preset's cluster (the A73s of a HiKey970), as the model will run there."""
 
-    def __init__(self, directory: Path, threads: int | None = None):
-        self.directory, self.threads = directory, threads
+    def __init__(self, directory: Path, threads: int | None = None, preset: TargetPreset | None = None):
+        self.directory, self.threads, self.preset = directory, threads, preset
 
     def __call__(self, *args):
         device, args_info, alloc_repeat = args[-3:]
         if self.threads is not None:
             set_tvm_threads(self.threads)
+        if len(args) == 4 and self.preset is not None:
+            configure_for_preset(self.preset, session=args[0])
         return [_arguments(self.directory, args_info, lambda a: tvm.runtime.tensor(a, device))
                 for _ in range(alloc_repeat)]
 
