@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up the aarch64 (HiKey970 CPU class) emulation the `arm` tests run on:
-#   1. apt: qemu-user and the aarch64 cross compiler;
+#   1. apt: qemu-user, the aarch64 cross compiler, and llvm-19 (llvm-mca-19: the
+#      kernels' performance model, benchmarks/perf_model.py);
 #   2. apt: arm64 as a foreign architecture, with its package lists;
 #   3. the cache of tvm_mcpruner/arm_sysroot.py (aarch64 sysroot from arm64 .debs,
 #      aarch64 TVM/numpy wheels from pip) under .cache/arm/ or $MCPRUNER_ARM_CACHE.
@@ -24,7 +25,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install o
 missing=()
 # libc6-dev-arm64-cross (crti.o, libc.so for linking) is only a Recommends of the cross
 # gcc, which --no-install-recommends leaves out: without it no shared library links.
-for package in qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross; do
+for package in qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross llvm-19; do
     installed "$package" || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then

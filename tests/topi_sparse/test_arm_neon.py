@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, assume, given, settings
 import topi_sparse
 import tvm_mcpruner as mcp
 from tests._resources import require_arm_emulation
+from tests.benchmarks import load_benchmark
 from tests._models import assert_close, assert_close_to_exact, randomize_bn, torch_output
 from tests.topi_sparse.test_pattern_conv2d import assert_close as assert_kernel_close  # zero outputs allowed
 from tests.topi_sparse.test_pattern_conv2d import conv_cases, make_weight, out_size, torch_reference
@@ -115,29 +116,8 @@ def built(builder: Callable[[ConvCase], BuiltKernel], case: ConvCase) -> BuiltKe
 # ---------------------------------------------------------------------------------
 # generated code
 # ---------------------------------------------------------------------------------
-_LABEL = re.compile(r"^(\.L\w+):")
-_BRANCH = re.compile(r"^(?:b(?:\.\w+)?|cbn?z|tbn?z)\s.*?(\.L\w+)$")
 _FP_MULTIPLY = re.compile(r"^(?:fmla|fmls|fmadd|fmsub|fmul)\s")
-
-
-def loops(asm: str) -> list[list[str]]:
-    """Instruction lines of every loop: from a label to a later branch back to it."""
-    lines = [line.strip() for line in asm.splitlines()]
-    label_line: dict[str, int] = {}
-    bodies = []
-    for i, line in enumerate(lines):
-        if match := _LABEL.match(line):
-            label_line[match.group(1)] = i
-        elif (match := _BRANCH.match(line)) and match.group(1) in label_line:
-            bodies.append(lines[label_line[match.group(1)] + 1 : i + 1])
-    return bodies
-
-
-def hot_loop(asm: str) -> list[str]:
-    """The innermost (shortest) loop that multiplies floats: where the kernel spends its time."""
-    multiplying = [body for body in loops(asm) if any(_FP_MULTIPLY.match(line) for line in body)]
-    assert multiplying, "no loop with floating-point multiplies in the assembly"
-    return min(multiplying, key=len)
+hot_loop = load_benchmark("perf_model").hot_loop  # the same loop the performance model reads
 
 
 @pytest.mark.parametrize("builder, case", VARIANTS)
@@ -185,7 +165,7 @@ def test_pruned_resnet18_matches_torch_on_emulated_aarch64(arm_server, tmp_path:
     assert [r.sparse for r in convs] == [layer.pruned for layer in report.layers]
 
     lib_path = arm_emulation.export_for_arm(cm, tmp_path / "resnet18.so")
-    y = arm_emulation.run_vm(arm_server, lib_path, [x.numpy()])
+    y = arm_emulation.run_vm(arm_server, lib_path, [x.numpy()], preset=PRESET)  # on the big cluster, as on the board
     expected = torch_output(pruned, x)
     assert_close_to_exact(y, pruned, x)
     row_difference = float(np.abs(y[0] - y[1]).max())
