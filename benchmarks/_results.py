@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import sys
 from collections.abc import Iterable, Sequence
@@ -65,8 +66,6 @@ def _same_isa_note(machine: dict[str, Any]) -> str | None:
     held = same_isa_dense_frameworks()
     if held is None:
         return None
-    import os
-
     return (f"mcpruner and TVM dense built for LLVM cpu {machine.get('built_for_llvm_cpu')} on a "
             f"{machine.get('llvm_cpu')} host; torch/oneDNN "
             + (f"held to ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}" if "torch" in held

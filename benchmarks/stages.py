@@ -289,8 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "median_kernel_b_over_a": statistics.median(s["kernel_b_over_a"] for s in scaling),
             "median_entries_b_over_a": statistics.median(s["entries_b_over_a"] for s in scaling),
             "median_nonshrinking_share_b": statistics.median(s["nonshrinking_share_b"] for s in scaling),
-            "wall_s": None}
-    info["wall_s"] = round(time.perf_counter() - start, 1)
+            "wall_s": round(time.perf_counter() - start, 1)}
     payload = {**info, "layers": rows, "scaling": scaling}
     stem = f"stages_{preset.name}_{info['machine'].get('llvm_cpu', 'cpu')}_{time.strftime('%Y-%m-%dT%H%M')}"
     _common.write_results(args.out, stem, payload, markdown(info, rows, scaling))

@@ -107,12 +107,13 @@ def _cleanup(owner: subprocess.Popen | None, groups: list[int]) -> None:
             os.killpg(pgid, signal.SIGKILL)
 
 
-def test_sigkill_of_mcpruner_tracker_ends_the_tracker_and_its_workers():
-    port = arm_emulation._free_port()
+def _sigkill_cli_and_expect_its_group_gone(args: list[str], ready_line: str, port: int) -> None:
+    """Run ``python -m tvm_mcpruner.cli <args>``, wait for ``ready_line``, check that one group
+    serves ``port`` with its popen workers, SIGKILL the CLI and expect the group gone."""
     owner, groups = None, []
     try:
-        owner, lines = _start(["-m", "tvm_mcpruner.cli", "tracker", "--port", str(port)])
-        _wait_for_line(owner, lines, "Ctrl-C stops it")
+        owner, lines = _start(["-m", "tvm_mcpruner.cli", *args])
+        _wait_for_line(owner, lines, ready_line)
         groups = _groups_led_by_children(owner.pid)
         assert len(groups) == 1, (groups, _children(owner.pid))
         assert arm_emulation._listening(port)
@@ -122,21 +123,16 @@ def test_sigkill_of_mcpruner_tracker_ends_the_tracker_and_its_workers():
         _cleanup(owner, groups)
 
 
+def test_sigkill_of_mcpruner_tracker_ends_the_tracker_and_its_workers():
+    port = arm_emulation._free_port()
+    _sigkill_cli_and_expect_its_group_gone(["tracker", "--port", str(port)], "Ctrl-C stops it", port)
+
+
 def test_sigkill_of_mcpruner_server_ends_the_server_and_its_popen_workers():
     port = arm_emulation._free_port()
-    owner, groups = None, []
     with rpc_farm.start_tracker() as tracker:
-        try:
-            owner, lines = _start(["-m", "tvm_mcpruner.cli", "server", "--tracker", tracker.address,
-                                   "--key", "pg-test", "--port", str(port)])
-            _wait_for_line(owner, lines, "serving:")
-            groups = _groups_led_by_children(owner.pid)
-            assert len(groups) == 1, (groups, _children(owner.pid))
-            assert arm_emulation._listening(port)
-            assert any(POPEN_WORKER in cmd for cmd in _members(groups[0]).values()), _members(groups[0])
-            _kill_owner_and_expect_gone(owner, groups, [port])
-        finally:
-            _cleanup(owner, groups)
+        _sigkill_cli_and_expect_its_group_gone(
+            ["server", "--tracker", tracker.address, "--key", "pg-test", "--port", str(port)], "serving:", port)
 
 
 def test_sigkill_of_a_python_process_that_started_a_farm_ends_the_farm():
